@@ -1,0 +1,23 @@
+"""Datasets, splits, augmentation and batching; knows nothing of models or search."""
+
+from diffnas.data.augment import Augment
+from diffnas.data.batches import EpochBatches, cycle_batches, split_indices
+from diffnas.data.images import (
+    IMAGE_DATASETS,
+    DataFormatError,
+    DataNotFoundError,
+    ImageDataset,
+    load_images,
+)
+
+__all__ = [
+    "IMAGE_DATASETS",
+    "Augment",
+    "DataFormatError",
+    "DataNotFoundError",
+    "EpochBatches",
+    "ImageDataset",
+    "cycle_batches",
+    "load_images",
+    "split_indices",
+]

@@ -1,0 +1,152 @@
+"""The CNN primitives of the DARTS, RobustDARTS and NAS-Bench-201 spaces.
+
+Every factory in `OPS` has the signature `(C_in, C_out, stride, affine) -> nn.Module`.
+Stride-2 ops give ceil(H/2) x ceil(W/2) outputs for any input size, so odd image sizes work.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffnas.registry import Registry
+
+OPS: Registry = Registry("operation")
+
+
+class ReLUConvBN(nn.Sequential):
+    """ReLU -> conv -> BatchNorm."""
+
+    def __init__(self, C_in, C_out, kernel, stride, padding, affine=True, dilation=1):
+        super().__init__(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C_in, C_out, kernel, stride, padding, dilation=dilation, bias=False),
+            nn.BatchNorm2d(C_out, affine=affine),
+        )
+
+
+class DilConv(nn.Sequential):
+    """ReLU -> depthwise (dilated) conv -> pointwise conv -> BatchNorm."""
+
+    def __init__(self, C_in, C_out, kernel, stride, padding, dilation, affine=True):
+        super().__init__(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C_in, C_in, kernel, stride, padding, dilation=dilation, groups=C_in,
+                      bias=False),
+            nn.Conv2d(C_in, C_out, 1, bias=False),
+            nn.BatchNorm2d(C_out, affine=affine),
+        )
+
+
+class SepConv(nn.Sequential):
+    """Two DilConv blocks without dilation; only the first one strides."""
+
+    def __init__(self, C_in, C_out, kernel, stride, padding, affine=True):
+        super().__init__(
+            DilConv(C_in, C_in, kernel, stride, padding, 1, affine),
+            DilConv(C_in, C_out, kernel, 1, padding, 1, affine),
+        )
+
+
+class FactorizedReduce(nn.Module):
+    """Halve the resolution with two offset 1x1 stride-2 convs, concatenated, then BatchNorm."""
+
+    def __init__(self, C_in, C_out, affine=True):
+        super().__init__()
+        if C_out % 2:
+            raise ValueError(f"FactorizedReduce needs an even C_out, got {C_out}")
+        self.relu = nn.ReLU(inplace=False)
+        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
+        self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
+        self.bn = nn.BatchNorm2d(C_out, affine=affine)
+
+    def forward(self, x):
+        x = self.relu(x)
+        # Odd sizes: pad one zero row/column so both branches give ceil(H/2); even sizes are
+        # untouched, which keeps the original DARTS arithmetic.
+        if x.shape[-1] % 2 or x.shape[-2] % 2:
+            x = F.pad(x, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2))
+        return self.bn(torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1))
+
+
+class Identity(nn.Module):
+    """The identity."""
+
+    def forward(self, x):
+        return x
+
+
+class Zero(nn.Module):
+    """The `none` op. Supernets never call it (a zero costs nothing); it exists for completeness."""
+
+    def __init__(self, stride):
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x):
+        if self.stride == 1:
+            return torch.zeros_like(x)
+        return torch.zeros_like(x[:, :, :: self.stride, :: self.stride])
+
+
+class Noise(nn.Module):
+    """RobustDARTS S4's harmful `noise` op: Gaussian noise N(0, 1) of the output's shape."""
+
+    def __init__(self, stride, mean=0.0, std=1.0):
+        super().__init__()
+        self.stride, self.mean, self.std = stride, mean, std
+
+    def forward(self, x):
+        if self.stride != 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        return torch.randn_like(x) * self.std + self.mean
+
+
+class Pool(nn.Module):
+    """3x3 average or max pooling; a 1x1 ReLUConvBN first when the channel count changes."""
+
+    def __init__(self, kind, C_in, C_out, stride, affine=True):
+        super().__init__()
+        self.pre = None if C_in == C_out else ReLUConvBN(C_in, C_out, 1, 1, 0, affine)
+        if kind == "avg":
+            self.pool = nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
+        else:
+            self.pool = nn.MaxPool2d(3, stride=stride, padding=1)
+
+    def forward(self, x):
+        return self.pool(x if self.pre is None else self.pre(x))
+
+
+def _skip(C_in, C_out, stride, affine):
+    if stride == 1 and C_in == C_out:
+        return Identity()
+    if stride == 1:
+        return ReLUConvBN(C_in, C_out, 1, 1, 0, affine)
+    return FactorizedReduce(C_in, C_out, affine)
+
+
+OPS.add("none", lambda C_in, C_out, stride, affine: Zero(stride))
+OPS.add("noise", lambda C_in, C_out, stride, affine: Noise(stride))
+OPS.add("skip_connect", _skip)
+OPS.add("avg_pool_3x3", lambda C_in, C_out, stride, affine: Pool("avg", C_in, C_out, stride, affine))
+OPS.add("max_pool_3x3", lambda C_in, C_out, stride, affine: Pool("max", C_in, C_out, stride, affine))
+OPS.add("sep_conv_3x3", lambda C_in, C_out, stride, affine: SepConv(C_in, C_out, 3, stride, 1, affine))
+OPS.add("sep_conv_5x5", lambda C_in, C_out, stride, affine: SepConv(C_in, C_out, 5, stride, 2, affine))
+OPS.add("sep_conv_7x7", lambda C_in, C_out, stride, affine: SepConv(C_in, C_out, 7, stride, 3, affine))
+OPS.add("dil_conv_3x3",
+        lambda C_in, C_out, stride, affine: DilConv(C_in, C_out, 3, stride, 2, 2, affine))
+OPS.add("dil_conv_5x5",
+        lambda C_in, C_out, stride, affine: DilConv(C_in, C_out, 5, stride, 4, 2, affine))
+# NAS-Bench-201's convolutions: a single ReLU-conv-BN.
+OPS.add("nor_conv_1x1",
+        lambda C_in, C_out, stride, affine: ReLUConvBN(C_in, C_out, 1, stride, 0, affine))
+OPS.add("nor_conv_3x3",
+        lambda C_in, C_out, stride, affine: ReLUConvBN(C_in, C_out, 3, stride, 1, affine))
+
+PARAMETER_FREE = frozenset({"none", "noise", "skip_connect", "avg_pool_3x3", "max_pool_3x3"})
+
+
+def make_op(name: str, C_in: int, C_out: int, stride: int, affine: bool) -> nn.Module:
+    """Build the op registered as `name`."""
+    return OPS.get(name)(C_in, C_out, stride, affine)

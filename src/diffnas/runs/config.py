@@ -1,0 +1,675 @@
+"""Typed, validated run configuration: TOML files, `section.key=value` overrides, reference docs.
+
+The schema is plain dataclasses: `Config` has one field per `[section]`, and each section
+dataclass has one field per key, declared with `setting(...)`. Adding a key or a section is
+adding a field; loading, validation, saving and `describe_config()` all read the dataclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import math
+import re
+import tomllib
+import typing
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+IMAGE_DATASETS_FALLBACK = ("fashion_mnist", "cifar10", "cifar100", "synthetic")
+SPACES_FALLBACK = ("nb201", "darts", "s1", "s2", "s3", "s4")
+STRATEGIES_FALLBACK = ("darts",)
+ACTIVATIONS_FALLBACK = ("softmax",)
+
+
+class ConfigError(ValueError):
+    """A config file, key or value that is not allowed; the message names the key and the fix."""
+
+
+class RegistryChoices:
+    """Allowed values read lazily from a registry's `.names()`, so the schema need not import it.
+
+    Falls back to a fixed tuple only while the registry module (or the registry in it) does not
+    exist yet; any other error raised while importing it propagates.
+    """
+
+    def __init__(self, module: str, attr: str, fallback: tuple[str, ...]):
+        self.module = module
+        self.attr = attr
+        self.fallback = fallback
+
+    @property
+    def source(self) -> str:
+        """The dotted name of the registry, for documentation."""
+        return f"{self.module}.{self.attr}"
+
+    def __call__(self) -> tuple[str, ...]:
+        try:
+            module = importlib.import_module(self.module)
+        except ImportError as e:
+            # Only "this module does not exist" is soft; a missing dependency inside it is a bug.
+            missing = e.name or ""
+            if not (self.module == missing or self.module.startswith(missing + ".")):
+                raise
+            return self.fallback
+        registry = getattr(module, self.attr, None)
+        if registry is None:  # same situation as `from module import attr` failing
+            return self.fallback
+        return tuple(registry.names())
+
+    def __repr__(self) -> str:
+        return f"RegistryChoices({self.source!r})"
+
+
+def setting(
+    default: Any,
+    doc: str,
+    *,
+    choices: tuple[Any, ...] | Callable[[], Sequence[Any]] | None = None,
+    min: float | None = None,  # named like the metadata keys they fill
+    max: float | None = None,
+    below: float | None = None,
+    length: int | None = None,
+) -> Any:
+    """Declare one config key: its default, its documentation and the values it allows.
+
+    `min`/`max` are inclusive bounds, `below` an exclusive upper bound, `length` the exact
+    number of items of a list; for lists, choices and bounds apply to each item.
+    """
+    meta: dict[str, Any] = {"doc": doc}
+    for name, value in (
+        ("choices", choices),
+        ("min", min),
+        ("max", max),
+        ("below", below),
+        ("length", length),
+    ):
+        if value is not None:
+            meta[name] = value
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ---------------------------------------------------------------------------------------------
+# The schema
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunConfig:
+    """Where a run writes, how it is seeded, what it runs on and how it reports progress."""
+
+    seed: int = setting(
+        0,
+        "Seed of every random number generator (Python, numpy, torch); the same seed on the same "
+        "machine gives the same genotype.",
+        min=0,
+        max=2**32 - 1,
+    )
+    out: str = setting(
+        "",
+        "Run directory. Empty: `runs/<space>-<dataset>-<YYYYmmdd-HHMMSS>`.",
+    )
+    device: str = setting(
+        "auto",
+        "Device to run on; `auto` picks `cuda` when a GPU is available, else `cpu`.",
+        choices=("auto", "cpu", "cuda"),
+    )
+    threads: int = setting(
+        0, "CPU threads for torch (`torch.set_num_threads`); 0 keeps torch's default.", min=0
+    )
+    log_every: int = setting(
+        50, "Training steps between progress lines and step records in `metrics.jsonl`.", min=1
+    )
+    progress: bool = setting(True, "Show a progress bar with loss, accuracy and speed.")
+
+
+@dataclass
+class DataConfig:
+    """The dataset, its split into weight-training and architecture-validation halves, loaders."""
+
+    dataset: str = setting(
+        "fashion_mnist",
+        "Image dataset to search on.",
+        choices=RegistryChoices("diffnas.data.images", "IMAGE_DATASETS", IMAGE_DATASETS_FALLBACK),
+    )
+    data_dir: str = setting(
+        "", "Directory holding the dataset files. Empty: the dataset's default location."
+    )
+    train_portion: float = setting(
+        0.5,
+        "Fraction of the training images used to train the weights; the rest is the validation "
+        "split that trains the architecture parameters.",
+        min=0.01,
+        max=0.99,
+    )
+    limit: int = setting(
+        0, "Use only the first N training images (for quick runs); 0 uses all of them.", min=0
+    )
+    batch_size: int = setting(64, "Batch size of the search (train and validation splits).", min=1)
+    eval_batch_size: int = setting(512, "Batch size when evaluating without gradients.", min=1)
+    augment: bool = setting(
+        True, "Augment training images (random crop with padding, horizontal flip)."
+    )
+    cutout: int = setting(0, "Side length of the Cutout square in pixels; 0 disables it.", min=0)
+
+
+@dataclass
+class SpaceConfig:
+    """The search space and the size of its supernet."""
+
+    name: str = setting(
+        "nb201",
+        "Search space: the NAS-Bench-201 cell, the DARTS CNN cell, or a RobustDARTS reduction "
+        "of it (S1-S4).",
+        choices=RegistryChoices("diffnas.spaces", "SPACES", SPACES_FALLBACK),
+    )
+    C: int = setting(16, "Channels of the first cell (doubled at each reduction).", min=1)
+    N: int = setting(5, "NAS-Bench-201: cells per stage (three stages).", min=1)
+    layers: int = setting(
+        8, "DARTS spaces: number of cells; reductions sit at 1/3 and 2/3 of the depth.", min=3
+    )
+    steps: int = setting(4, "DARTS spaces: intermediate nodes of a cell.", min=1)
+    multiplier: int = setting(
+        4, "DARTS spaces: intermediate nodes concatenated into a cell's output.", min=1
+    )
+    stem_multiplier: int = setting(
+        3, "Output channels of the stem convolution, as a multiple of `C`.", min=1
+    )
+
+
+@dataclass
+class SearchConfig:
+    """The search strategy and the optimisers of the weights and of the architecture."""
+
+    strategy: str = setting(
+        "darts",
+        "Search strategy.",
+        choices=RegistryChoices("diffnas.search", "STRATEGIES", STRATEGIES_FALLBACK),
+    )
+    order: int = setting(
+        1,
+        "DARTS approximation order: 1 ignores the weights' response to the architecture, "
+        "2 uses the unrolled (second-order) hypergradient.",
+        choices=(1, 2),
+    )
+    epochs: int = setting(50, "Search epochs.", min=1)
+    w_lr: float = setting(
+        0.025, "Initial learning rate of the weights (SGD, cosine-annealed to `w_lr_min`).", min=0
+    )
+    w_lr_min: float = setting(0.001, "Final learning rate of the cosine schedule.", min=0)
+    w_momentum: float = setting(0.9, "SGD momentum of the weights.", min=0, max=1)
+    w_weight_decay: float = setting(3e-4, "Weight decay of the weights.", min=0)
+    grad_clip: float = setting(
+        5.0, "Clip the weights' gradient norm to this value; 0 disables clipping.", min=0
+    )
+    alpha_lr: float = setting(3e-4, "Learning rate of the architecture parameters (Adam).", min=0)
+    alpha_betas: list[float] = setting(
+        [0.5, 0.999],
+        "Adam betas of the architecture optimiser.",
+        min=0,
+        below=1,
+        length=2,
+    )
+    alpha_weight_decay: float = setting(1e-3, "Weight decay of the architecture parameters.", min=0)
+    alpha_init_std: float = setting(
+        1e-3, "Standard deviation of the random initial architecture parameters.", min=0
+    )
+    activation: str = setting(
+        "softmax",
+        "How architecture parameters become edge weights.",
+        choices=RegistryChoices("diffnas.arch", "ACTIVATIONS", ACTIVATIONS_FALLBACK),
+    )
+    unrolled_eps: float = setting(
+        0.01,
+        "Second order: finite-difference scale of the Hessian-vector product, divided by the "
+        "norm of the validation loss's gradient with respect to the weights.",
+        min=0,
+    )
+
+
+@dataclass
+class Config:
+    """The whole configuration: one field per `[section]` of the TOML file."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema introspection
+# ---------------------------------------------------------------------------------------------
+
+
+def _sections() -> dict[str, type]:
+    hints = typing.get_type_hints(Config)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
+
+
+def _keys(section_cls: type) -> dict[str, tuple[dataclasses.Field, Any]]:
+    """name -> (field, resolved type annotation) of one section."""
+    hints = typing.get_type_hints(section_cls)
+    return {f.name: (f, hints[f.name]) for f in dataclasses.fields(section_cls)}
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def _choices(meta: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    choices = meta.get("choices")
+    if choices is None:
+        return None
+    return tuple(choices() if callable(choices) else choices)
+
+
+def _item_type(tp: Any) -> tuple[Any, int | None] | None:
+    """For a list/tuple annotation: (item type, fixed length or None); None for scalars."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is list:
+        return args[0], None
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return args[0], None
+        if len(set(args)) != 1:
+            raise TypeError(f"config tuples must have one item type, got {tp}")
+        return args[0], len(args)
+    return None
+
+
+_TYPE_PHRASE = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+_TYPE_PLURAL = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}
+
+
+def _type_name(tp: Any) -> str:
+    item = _item_type(tp)
+    if item is None:
+        return tp.__name__
+    return f"list[{item[0].__name__}]"
+
+
+def _range_text(meta: Mapping[str, Any]) -> str:
+    lo, hi, below = meta.get("min"), meta.get("max"), meta.get("below")
+    if lo is not None and hi is not None:
+        return f"in [{lo}, {hi}]"
+    if lo is not None and below is not None:
+        return f"in [{lo}, {below})"
+    parts = []
+    if lo is not None:
+        parts.append(f">= {lo}")
+    if hi is not None:
+        parts.append(f"<= {hi}")
+    if below is not None:
+        parts.append(f"< {below}")
+    return " and ".join(parts)
+
+
+def _constraint(meta: Mapping[str, Any]) -> str:
+    """The choices or the range of a key (of each item, for lists), in words."""
+    choices = _choices(meta)
+    if choices is not None:
+        return "one of " + ", ".join(repr(c) for c in choices)
+    return _range_text(meta)
+
+
+def _allowed(tp: Any, meta: Mapping[str, Any]) -> str:
+    """What a key accepts, in words: 'an integer >= 1', "one of 'cpu', 'cuda'", ..."""
+    constraint = _constraint(meta)
+    item = _item_type(tp)
+    if item is None:
+        if "choices" in meta:
+            return constraint
+        return " ".join(p for p in (_TYPE_PHRASE[tp], constraint) if p)
+    item_tp, fixed = item
+    length = meta.get("length", fixed)
+    count = f"{length} " if length is not None else ""
+    text = f"a list of {count}{_TYPE_PLURAL[item_tp]}"
+    return f"{text}, each {constraint}" if constraint else text
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_scalar(value: Any, tp: Any, meta: Mapping[str, Any]) -> tuple[Any, str | None]:
+    """Convert `value` to `tp` and check it; return (converted value, problem or None)."""
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        # An int where a float is wanted is what people write (`w_lr = 1`); bools are not numbers.
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if ok:
+            value = float(value)
+            if math.isnan(value):
+                return value, "NaN is not a number any setting accepts"
+    elif tp is str:
+        ok = isinstance(value, str)
+    else:
+        raise TypeError(f"unsupported config type {tp!r}")
+    if not ok:
+        return value, f"wrong type {type(value).__name__}"
+    choices = _choices(meta)
+    if choices is not None and value not in choices:
+        hint = ""
+        if isinstance(value, str):
+            close = difflib.get_close_matches(value, [str(c) for c in choices], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return value, f"not an allowed value{hint}"
+    lo, hi, below = meta.get("min"), meta.get("max"), meta.get("below")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        return value, "out of range"
+    if below is not None and value >= below:
+        return value, "out of range"
+    return value, None
+
+
+def _convert(key: str, value: Any, tp: Any, meta: Mapping[str, Any], where: str) -> Any:
+    """Return `value` converted to the annotation `tp`, or raise ConfigError naming `key`."""
+
+    def fail(problem: str) -> ConfigError:
+        return ConfigError(f"{key} = {value!r}{where}: {problem}; allowed: {_allowed(tp, meta)}")
+
+    item = _item_type(tp)
+    if item is None:
+        converted, problem = _check_scalar(value, tp, meta)
+        if problem:
+            raise fail(problem)
+        return converted
+    item_tp, fixed = item
+    if not isinstance(value, list | tuple):
+        raise fail(f"wrong type {type(value).__name__}, expected a list")
+    length = meta.get("length", fixed)
+    if length is not None and len(value) != length:
+        raise fail(f"has {len(value)} item(s), expected exactly {length}")
+    items = []
+    for i, v in enumerate(value):
+        converted, problem = _check_scalar(v, item_tp, meta)
+        if problem:
+            raise fail(f"item {i} ({v!r}): {problem}")
+        items.append(converted)
+    return items if typing.get_origin(tp) is list else tuple(items)
+
+
+def _suggest(name: str, options: Iterable[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(name, list(options), n=1)
+    return f" (did you mean {prefix}{close[0]}?)" if close else ""
+
+
+def _build(raw: Mapping[str, Any], origins: Mapping[str, str], source: str) -> Config:
+    """Validate a nested {section: {key: value}} mapping over the defaults into a Config.
+
+    `origins` maps "section.key" (or "section") to where it was set, e.g. "--set search.epochs=0";
+    anything else comes from `source` (a file name, or "" for a dict).
+    """
+
+    def where(name: str) -> str:
+        origin = origins.get(name) or source
+        return f" ({origin})" if origin else ""
+
+    sections = _sections()
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"a config must be a table of sections, got {type(raw).__name__}")
+    for name, body in raw.items():
+        if name not in sections:
+            owners = [f"{s}.{name}" for s, cls in sections.items() if name in _keys(cls)]
+            hint = f" (did you mean {owners[0]}?)" if owners else _suggest(name, list(sections))
+            raise ConfigError(
+                f"unknown section [{name}]{where(name)}{hint}; "
+                f"the sections are: {', '.join(sections)}"
+            )
+        if not isinstance(body, Mapping):
+            raise ConfigError(
+                f"[{name}]{where(name)} must be a table of key = value settings, got {body!r}"
+            )
+    values: dict[str, Any] = {}
+    for name, cls in sections.items():
+        keys = _keys(cls)
+        body = raw.get(name, {})
+        for key in body:
+            if key not in keys:
+                owners = [f"{s}.{key}" for s, c in sections.items() if key in _keys(c)]
+                hint = (
+                    f" (did you mean {owners[0]}?)" if owners else _suggest(key, keys, f"{name}.")
+                )
+                raise ConfigError(
+                    f"unknown key {name}.{key}{where(f'{name}.{key}')}{hint}; "
+                    f"the keys of [{name}] are: {', '.join(keys)}"
+                )
+        kwargs = {}
+        for key, (f, tp) in keys.items():
+            full = f"{name}.{key}"
+            if key in body:
+                kwargs[key] = _convert(full, body[key], tp, f.metadata, where(full))
+            else:
+                # Defaults are checked too: a registry that drops a default name must say so.
+                kwargs[key] = _convert(full, _default(f), tp, f.metadata, " (the default)")
+        values[name] = cls(**kwargs)
+    return Config(**values)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and overrides
+# ---------------------------------------------------------------------------------------------
+
+_OVERRIDE_FORM = (
+    "expected section.key=value, e.g. --set search.epochs=10, --set run.out=runs/try1 or "
+    "--set search.alpha_betas=[0.5,0.9]"
+)
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """Split `section.key=value` into (section, key, value); a value that is not TOML is a str."""
+    name, sep, raw_value = text.partition("=")
+    parts = name.strip().split(".")
+    if not sep or len(parts) != 2 or not all(parts):
+        raise ConfigError(f"malformed override {text!r}: {_OVERRIDE_FORM}")
+    raw_value = raw_value.strip()
+    try:
+        parsed = tomllib.loads(f"v = {raw_value}")
+    except tomllib.TOMLDecodeError:
+        parsed = None
+    # More than the one key means the text smuggled in extra TOML lines: keep it as a string.
+    value = parsed["v"] if parsed is not None and list(parsed) == ["v"] else raw_value
+    return parts[0], parts[1], value
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory, expected a .toml file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not valid UTF-8 text: {e}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Defaults, then the TOML file at `path`, then each `section.key=value` override, validated."""
+    raw: dict[str, Any] = {}
+    source = ""
+    if path is not None:
+        raw = _read_toml(Path(path))
+        source = f"in {path}"
+    origins: dict[str, str] = {}
+    sections = _sections()
+    for text in overrides:
+        section, key, value = parse_override(text)
+        if section not in raw:
+            origins[section] = f"from --set {text}"
+        body = raw.setdefault(section, {})
+        if not isinstance(body, dict):
+            continue  # the file set [section] to a non-table; _build reports it
+        if section in sections and not isinstance(value, str):
+            keys = _keys(sections[section])
+            if key in keys and keys[key][1] is str:
+                # `--set run.out=2024` means the string "2024", not an int.
+                value = text.partition("=")[2].strip()
+        body[key] = value
+        origins[f"{section}.{key}"] = f"from --set {text}"
+    return _build(raw, origins, source)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dict and TOML round trip
+# ---------------------------------------------------------------------------------------------
+
+
+def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
+    """The config as nested plain dicts {section: {key: value}} (a deep copy)."""
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(d: Mapping[str, Any]) -> Config:
+    """Build a validated Config from {section: {key: value}}; missing keys take defaults."""
+    return _build(d, {}, "")
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\b": "\\b",
+    "\t": "\\t",
+    "\n": "\\n",
+    "\f": "\\f",
+    "\r": "\\r",
+}
+
+
+def _toml_string(s: str) -> str:
+    out = []
+    for ch in s:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _toml_key(key: str) -> str:
+    return key if _BARE_KEY.fullmatch(key) else _toml_string(key)
+
+
+def toml_value(value: Any) -> str:
+    """One value as a TOML literal: str, int, float, bool or a list of them."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        # repr is the shortest text that reads back to the same float; inf/nan are TOML too.
+        return repr(value)
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} {value!r} as a TOML value")
+
+
+def dumps_toml(data: Mapping[str, Any]) -> str:
+    """Nested mappings of TOML values as TOML text: scalars first, then one [table] per mapping."""
+    lines: list[str] = []
+
+    def table(body: Mapping[str, Any], path: tuple[str, ...]) -> None:
+        scalars = [(k, v) for k, v in body.items() if not isinstance(v, Mapping)]
+        tables = [(k, v) for k, v in body.items() if isinstance(v, Mapping)]
+        if path and (scalars or not tables):
+            if lines:
+                lines.append("")
+            lines.append("[" + ".".join(_toml_key(p) for p in path) + "]")
+        lines.extend(f"{_toml_key(k)} = {toml_value(v)}" for k, v in scalars)
+        for k, v in tables:
+            table(v, (*path, k))
+
+    table(data, ())
+    return "\n".join(lines) + "\n"
+
+
+def config_to_toml(cfg: Config) -> str:
+    """The config as TOML text that `load_config` reads back to an equal Config."""
+    return dumps_toml(config_to_dict(cfg))
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the config as a TOML file."""
+    Path(path).write_text(config_to_toml(cfg), encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference documentation
+# ---------------------------------------------------------------------------------------------
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _allowed_cell(tp: Any, meta: Mapping[str, Any]) -> str:
+    parts = []
+    choices = _choices(meta)
+    if choices is not None:
+        parts.append(", ".join(f"`{toml_value(c)}`" for c in choices))
+        source = getattr(meta["choices"], "source", None)
+        if source:
+            parts.append(f"(registered in `{source}`)")
+    if _range_text(meta):
+        parts.append(_range_text(meta))
+    item = _item_type(tp)
+    length = meta.get("length", item[1] if item else None)
+    if length is not None:
+        return f"{length} items, each " + " ".join(parts) if parts else f"{length} items"
+    if parts:
+        return " ".join(parts)
+    return "`true`, `false`" if tp is bool else f"any {_type_name(tp)}"
+
+
+def describe_config() -> str:
+    """Markdown reference of every config key: name, type, default, allowed values, meaning."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "<!-- Generated by `python -m diffnas.runs.config > docs/CONFIG.md`; do not edit. -->",
+        "",
+        "A run is configured by a TOML file with one `[section]` table per section below; keys "
+        "left out keep their defaults. Any key can be overridden on the command line with "
+        "`--set section.key=value`, where the value is a TOML literal (`--set search.epochs=10`, "
+        "`--set search.alpha_betas=[0.5,0.9]`) or else a bare string (`--set run.out=runs/a`). "
+        "Unknown keys and values outside the allowed ones stop the run with a message naming "
+        "the key.",
+    ]
+    for name, cls in _sections().items():
+        lines += ["", f"## [{name}]", "", _cell(cls.__doc__ or ""), ""]
+        lines.append("| key | type | default | allowed | description |")
+        lines.append("|---|---|---|---|---|")
+        for key, (f, tp) in _keys(cls).items():
+            row = (
+                f"`{name}.{key}`",
+                f"`{_type_name(tp)}`",
+                f"`{toml_value(_default(f))}`",
+                _allowed_cell(tp, f.metadata),
+                f.metadata.get("doc", ""),
+            )
+            lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(describe_config(), end="")

@@ -1,0 +1,287 @@
+"""The run directory: resolved config, metrics and genotype logs, atomic checkpoints.
+
+Layout of a run directory:
+
+- `config.toml`: the resolved config of the run;
+- `metrics.jsonl`: one JSON object per logged step or epoch;
+- `genotypes.jsonl`: the genotype after each epoch;
+- `genotype.json`: the final genotype;
+- `checkpoint.pt` and `checkpoint.prev.pt`: the newest and the previous checkpoint.
+
+A checkpoint records how long the two logs were when it was written; loading it cuts the logs
+back to that length, so a run killed after a checkpoint and resumed from it logs every step once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from diffnas.runs.config import Config, config_to_toml, load_config
+
+CONFIG_FILE = "config.toml"
+METRICS_FILE = "metrics.jsonl"
+GENOTYPES_FILE = "genotypes.jsonl"
+GENOTYPE_FILE = "genotype.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+PREV_CHECKPOINT_FILE = "checkpoint.prev.pt"
+LOG_FILES = (METRICS_FILE, GENOTYPES_FILE)
+# Key under which a checkpoint stores the byte sizes of LOG_FILES; removed again on load.
+LOG_SIZES_KEY = "_rundir_log_sizes"
+
+
+class RunDirError(RuntimeError):
+    """A run directory that cannot be used as asked; the message says what to do instead."""
+
+
+class CheckpointError(RunDirError):
+    """A checkpoint that is missing, truncated or corrupt; the message names the file."""
+
+
+def resolve_out(cfg: Config, now: datetime | None = None) -> Path:
+    """`run.out`, or `runs/<space>-<dataset>-<YYYYmmdd-HHMMSS>` when it is empty."""
+    if cfg.run.out:
+        return Path(cfg.run.out)
+    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.space.name}-{cfg.data.dataset}-{stamp}"
+
+
+def _fsync_dir(path: Path) -> None:
+    # A rename is durable only once the directory entry is on disk; POSIX only.
+    if os.name != "posix":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(target: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write `target` through a temp file in the same directory, fsync, then rename over it."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(target.parent)
+
+
+def _json_default(obj: Any) -> Any:
+    # Metrics often arrive as 0-d tensors or numpy scalars; store their values.
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} {obj!r} cannot be written as JSON")
+
+
+class RunDir:
+    """One run's directory: config, `metrics.jsonl`, genotype logs and checkpoints."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        # Set when load_checkpoint had to fall back to checkpoint.prev.pt: the next save must not
+        # rotate the unreadable checkpoint.pt over the good previous one.
+        self._newest_unreadable = False
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def _has_checkpoint(self) -> bool:
+        return any((self.path / n).is_file() for n in (CHECKPOINT_FILE, PREV_CHECKPOINT_FILE))
+
+    # -- starting and resuming -----------------------------------------------------------------
+
+    def create(self, cfg: Config) -> RunDir:
+        """Start a fresh run here: make the directory and write the resolved `config.toml`."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirError(f"cannot create run directory {self.path}: it is a file")
+        if self._has_checkpoint():
+            raise RunDirError(
+                f"{self.path} already holds a run with a checkpoint; pass --resume {self.path} to "
+                f"continue it, or another --out (or delete the directory) to start a fresh run"
+            )
+        self.path.mkdir(parents=True, exist_ok=True)
+        # Without a checkpoint nothing here can be resumed; logs of that attempt would only
+        # get mixed with the new run's.
+        stale = [n for n in (*LOG_FILES, GENOTYPE_FILE) if (self.path / n).exists()]
+        if stale:
+            warnings.warn(
+                f"{self.path} has {', '.join(stale)} from a run that never wrote a checkpoint; "
+                "starting afresh and discarding them",
+                stacklevel=2,
+            )
+            for name in stale:
+                (self.path / name).unlink()
+        _atomic_write(self.path / CONFIG_FILE, lambda f: f.write(config_to_toml(cfg).encode()))
+        return self
+
+    @classmethod
+    def open_existing(cls, path: str | Path) -> RunDir:
+        """Open a run directory to resume it; it must hold a checkpoint."""
+        run = cls(path)
+        if not run.path.is_dir():
+            raise RunDirError(f"cannot resume {run.path}: no such run directory")
+        if not run._has_checkpoint():
+            raise CheckpointError(
+                f"cannot resume {run.path}: it has no {CHECKPOINT_FILE} (the run stopped before "
+                f"its first checkpoint); start it again with --out {run.path}"
+            )
+        return run
+
+    def read_config(self) -> Config:
+        """The run's config, read back from `config.toml`."""
+        return load_config(self.path / CONFIG_FILE)
+
+    # -- logs -------------------------------------------------------------------------------------
+
+    def _append_line(self, name: str, record: dict[str, Any]) -> None:
+        line = json.dumps(record, default=_json_default) + "\n"
+        # One write of a whole line: a kill can tear only the last line, which the next
+        # load_checkpoint cuts away.
+        with open(self.path / name, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+
+    def log_metrics(self, record: dict[str, Any]) -> None:
+        """Append one record (plus its wall-clock `time`) as a JSON line to `metrics.jsonl`."""
+        self._append_line(METRICS_FILE, {"time": time.time(), **record})
+
+    def log_genotype(self, epoch: int, genotype_json: Any) -> None:
+        """Append the genotype (its JSON form) of `epoch` to `genotypes.jsonl`."""
+        self._append_line(
+            GENOTYPES_FILE, {"time": time.time(), "epoch": epoch, "genotype": genotype_json}
+        )
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        """Write `obj` as the JSON file `name` in the run directory, atomically; return its path."""
+        target = self.path / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(obj, indent=2, default=_json_default) + "\n"
+        _atomic_write(target, lambda f: f.write(text.encode()))
+        return target
+
+    def write_genotype(self, genotype_json: Any) -> Path:
+        """Write the final genotype (its JSON form) to `genotype.json`, atomically."""
+        return self.write_json(GENOTYPE_FILE, genotype_json)
+
+    # -- checkpoints ------------------------------------------------------------------------------
+
+    def _synced_log_sizes(self) -> dict[str, int]:
+        sizes = {}
+        for name in LOG_FILES:
+            path = self.path / name
+            if not path.exists():
+                sizes[name] = 0
+                continue
+            # The sizes must describe bytes that are on disk, or a crash could leave the logs
+            # shorter than the checkpoint says.
+            with open(path, "ab") as f:
+                os.fsync(f.fileno())
+                sizes[name] = os.fstat(f.fileno()).st_size
+        return sizes
+
+    def save_checkpoint(self, state: dict[str, Any]) -> Path:
+        """Write `state` to `checkpoint.pt` atomically; the previous one becomes `.prev.pt`."""
+        if LOG_SIZES_KEY in state:
+            raise ValueError(f"{LOG_SIZES_KEY!r} is reserved for the run directory")
+        payload = {**state, LOG_SIZES_KEY: self._synced_log_sizes()}
+        target = self.path / CHECKPOINT_FILE
+        tmp = target.with_name(f".{CHECKPOINT_FILE}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(payload, f)
+                f.flush()
+                os.fsync(f.fileno())
+            # Reading it back now costs little and turns "cannot resume" days later into an
+            # error at the line that stored the wrong object.
+            try:
+                torch.load(tmp, weights_only=True, map_location="cpu")
+            except Exception as e:
+                raise TypeError(
+                    "the checkpoint state would not load with torch.load(weights_only=True): "
+                    f"{e}\nStore only tensors, dicts, lists, tuples, numbers, str, bool and None "
+                    "(objects through their state_dict(), numpy arrays as tensors or lists)"
+                ) from e
+            if target.exists() and not self._newest_unreadable:
+                os.replace(target, self.path / PREV_CHECKPOINT_FILE)
+            os.replace(tmp, target)
+            self._newest_unreadable = False
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(self.path)
+        return target
+
+    def load_checkpoint(self, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+        """Load the newest readable checkpoint and cut the logs back to their length at that time.
+
+        Falls back to `checkpoint.prev.pt`, with a warning, when `checkpoint.pt` is unreadable.
+        """
+        problems = []
+        for name in (CHECKPOINT_FILE, PREV_CHECKPOINT_FILE):
+            path = self.path / name
+            if not path.exists():
+                problems.append(f"{path}: not found")
+                continue
+            try:
+                state = torch.load(path, weights_only=True, map_location=map_location)
+            except Exception as e:  # torch reports a torn zip or bad pickle in many types
+                problems.append(f"{path}: {type(e).__name__}: {e}")
+                continue
+            if not isinstance(state, dict):
+                problems.append(f"{path}: holds a {type(state).__name__}, not a checkpoint dict")
+                continue
+            if name == PREV_CHECKPOINT_FILE:
+                warnings.warn(
+                    f"{problems[0]}\nresuming from the previous checkpoint {path} instead; the "
+                    "epochs after it will be run again",
+                    stacklevel=2,
+                )
+                self._newest_unreadable = (self.path / CHECKPOINT_FILE).exists()
+            self._truncate_logs(state.pop(LOG_SIZES_KEY, None))
+            return state
+        if all(p.endswith(": not found") for p in problems):
+            raise CheckpointError(
+                f"no checkpoint in {self.path} (looked for {CHECKPOINT_FILE} and "
+                f"{PREV_CHECKPOINT_FILE}); the run cannot be resumed, start it again with "
+                f"--out {self.path}"
+            )
+        raise CheckpointError(
+            f"cannot read any checkpoint in {self.path}:\n  "
+            + "\n  ".join(problems)
+            + "\nA checkpoint that is truncated or corrupt was damaged after it was written "
+            "(disk full, an interrupted copy): restore it from a backup, or start the run again "
+            "with another --out. If the error is about devices, pass a map_location that exists "
+            "on this machine."
+        )
+
+    def _truncate_logs(self, sizes: Any) -> None:
+        if not isinstance(sizes, dict):
+            return  # a checkpoint not written by RunDir: nothing to align
+        for name in LOG_FILES:
+            size = sizes.get(name)
+            path = self.path / name
+            if not isinstance(size, int):
+                continue
+            current = path.stat().st_size if path.exists() else 0
+            if current > size:
+                os.truncate(path, size)
+            elif current < size:
+                warnings.warn(
+                    f"{path} has {current} bytes, fewer than the {size} it had at the checkpoint; "
+                    "some of its lines were lost",
+                    stacklevel=3,
+                )

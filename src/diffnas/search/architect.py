@@ -1,0 +1,90 @@
+"""The DARTS architecture step: first order, or second order through the unrolled weight step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from diffnas.arch import ArchParameters
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Architect:
+    """Computes the gradient of the validation loss w.r.t. the alphas and takes an alpha step.
+
+    Second order follows DARTS: w' = w - xi * (momentum * buf + dL_train/dw + wd * w), i.e. the
+    weight optimiser's own next SGD step, then
+    dL_val(w', a)/da - xi * [dL_train(w+, a)/da - dL_train(w-, a)/da] / (2 eps),
+    with w+- = w +- eps * dL_val(w', a)/dw' and eps = eps_scale / ||dL_val(w', a)/dw'||.
+    All second-order passes go through `torch.func.functional_call` with cloned buffers, so
+    neither the real weights nor the BN running statistics are modified by them.
+    """
+
+    def __init__(self, model: nn.Module, arch: ArchParameters,
+                 a_optimizer: torch.optim.Optimizer, w_optimizer: torch.optim.SGD,
+                 loss_fn: LossFn, order: int = 1, eps_scale: float = 0.01):
+        if order not in (1, 2):
+            raise ValueError(f"order must be 1 or 2, got {order}")
+        self.model, self.arch, self.loss_fn, self.order = model, arch, loss_fn, order
+        self.a_optimizer, self.w_optimizer, self.eps_scale = a_optimizer, w_optimizer, eps_scale
+
+    def step(self, train_batch, val_batch, xi: float) -> torch.Tensor:
+        """One alpha step; returns the validation loss it was computed from (detached)."""
+        alphas = list(self.arch.parameters())
+        if self.order == 1:
+            loss = self._loss(None, val_batch)
+            grads = torch.autograd.grad(loss, alphas)
+        else:
+            loss, grads = self.second_order_grads(train_batch, val_batch, xi)
+        for a, g in zip(alphas, grads, strict=True):
+            a.grad = g
+        self.a_optimizer.step()
+        self.a_optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    def _loss(self, params: dict[str, torch.Tensor] | None, batch) -> torch.Tensor:
+        x, y = batch
+        if params is None:
+            logits = self.model(x, self.arch.weights())
+        else:
+            buffers = {n: b.clone() for n, b in self.model.named_buffers()}
+            logits = functional_call(self.model, {**params, **buffers}, (x, self.arch.weights()))
+        return self.loss_fn(logits, y)
+
+    def second_order_grads(self, train_batch, val_batch, xi: float):
+        """(L_val(w'), d/dalpha L_val(w'(alpha), alpha)) with the finite-difference HVP."""
+        alphas = list(self.arch.parameters())
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        names = [n for n, _ in named]
+        ws = [p for _, p in named]
+        group = self.w_optimizer.param_groups[0]
+        momentum, wd = group["momentum"], group["weight_decay"]
+        g_train = torch.autograd.grad(self._loss(dict(named), train_batch), ws)
+        unrolled = []
+        with torch.no_grad():
+            for w, g in zip(ws, g_train, strict=True):
+                d = g + wd * w
+                buf = self.w_optimizer.state.get(w, {}).get("momentum_buffer")
+                if buf is not None:
+                    d = d + momentum * buf
+                unrolled.append((w - xi * d).requires_grad_(True))
+        loss = self._loss(dict(zip(names, unrolled, strict=True)), val_batch)
+        grads = torch.autograd.grad(loss, alphas + unrolled)
+        d_alpha, v = grads[: len(alphas)], grads[len(alphas) :]
+        hvp = self.hessian_vector_product(names, ws, v, train_batch)
+        return loss, [da - xi * h for da, h in zip(d_alpha, hvp, strict=True)]
+
+    def hessian_vector_product(self, names, ws, v, train_batch):
+        """d^2 L_train / (dalpha dw) . v by central differences along v."""
+        eps = self.eps_scale / torch.sqrt(sum((t * t).sum() for t in v))
+        alphas = list(self.arch.parameters())
+        grads = []
+        for sign in (1.0, -1.0):
+            with torch.no_grad():
+                params = {n: w + sign * eps * d for n, w, d in zip(names, ws, v, strict=True)}
+            grads.append(torch.autograd.grad(self._loss(params, train_batch), alphas))
+        return [(gp - gm) / (2 * eps) for gp, gm in zip(*grads, strict=True)]

@@ -1,0 +1,104 @@
+"""Bilevel DARTS search: alternate an alpha step on a val batch and a weight step on a train batch."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffnas.arch import ArchParameters
+from diffnas.search.architect import Architect
+
+
+def cosine_lr(epoch: int, epochs: int, lr: float, lr_min: float) -> float:
+    """Cosine annealing from lr (epoch 0) towards lr_min, as torch's CosineAnnealingLR."""
+    return lr_min + (lr - lr_min) * (1 + math.cos(math.pi * epoch / epochs)) / 2
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """Top-1 accuracy in %."""
+    return (logits.argmax(-1) == y).float().mean().item() * 100
+
+
+class DartsSearch:
+    """The DARTS strategy: `step(train_batch, val_batch)`, `genotype()`, `state_dict()`.
+
+    The weight learning rate follows a cosine schedule by epoch (a pure function of the epoch,
+    so resuming needs no scheduler state beyond the epoch number).
+    """
+
+    def __init__(self, model: nn.Module, arch: ArchParameters, cfg):
+        self.model, self.arch, self.cfg = model, arch, cfg
+        self.w_optimizer = torch.optim.SGD(
+            [p for p in model.parameters() if p.requires_grad], lr=cfg.w_lr,
+            momentum=cfg.w_momentum, weight_decay=cfg.w_weight_decay,
+        )
+        self.a_optimizer = torch.optim.Adam(
+            arch.parameters(), lr=cfg.alpha_lr, betas=tuple(cfg.alpha_betas),
+            weight_decay=cfg.alpha_weight_decay,
+        )
+        self.architect = Architect(model, arch, self.a_optimizer, self.w_optimizer,
+                                   F.cross_entropy, cfg.order, cfg.unrolled_eps)
+        self.epoch, self.lr = 0, cfg.w_lr
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Set the epoch's weight learning rate."""
+        self.epoch = epoch
+        self.lr = cosine_lr(epoch, self.cfg.epochs, self.cfg.w_lr, self.cfg.w_lr_min)
+        for g in self.w_optimizer.param_groups:
+            g["lr"] = self.lr
+
+    def step(self, train_batch, val_batch) -> dict[str, float]:
+        """One alpha step (val batch), then one weight step (train batch)."""
+        self.model.train()
+        val_loss = self.architect.step(train_batch, val_batch, xi=self.lr)
+        x, y = train_batch
+        weights = {k: w.detach() for k, w in self.arch.weights().items()}
+        logits = self.model(x, weights)
+        loss = F.cross_entropy(logits, y)
+        self.w_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.w_optimizer.step()
+        return {"train_loss": loss.item(), "train_acc": accuracy(logits, y),
+                "val_loss": val_loss.item()}
+
+    @torch.no_grad()
+    def evaluate(self, batches) -> dict[str, float]:
+        """Supernet loss and accuracy over `batches`, in eval mode and without autograd."""
+        self.model.eval()
+        weights = self.arch.weights()
+        n, loss_sum, correct = 0, 0.0, 0
+        for x, y in batches:
+            logits = self.model(x, weights)
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += (logits.argmax(-1) == y).sum().item()
+            n += len(y)
+        self.model.train()
+        return {"valid_loss": loss_sum / max(n, 1), "valid_acc": 100.0 * correct / max(n, 1)}
+
+    def genotype(self):
+        """The genotype the space's derivation rule reads off the current weights."""
+        with torch.no_grad():
+            return self.model.genotype(self.arch.weights())
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly."""
+        return {
+            "model": self.model.state_dict(),
+            "arch": self.arch.state_dict(),
+            "w_optimizer": self.w_optimizer.state_dict(),
+            "a_optimizer": self.a_optimizer.state_dict(),
+            "epoch": self.epoch,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Inverse of state_dict."""
+        self.model.load_state_dict(state["model"])
+        self.arch.load_state_dict(state["arch"])
+        self.w_optimizer.load_state_dict(state["w_optimizer"])
+        self.a_optimizer.load_state_dict(state["a_optimizer"])
+        self.epoch = state["epoch"]

@@ -1,0 +1,41 @@
+"""Search spaces, chosen by name from `SPACES`.
+
+Each entry builds a supernet from the `[space]` config section. A supernet's `forward(x, weights)`
+takes the edge weights as a dict of tensors, `arch_shapes()` gives their shapes, and
+`genotype(weights)` applies the space's derivation rule.
+"""
+
+from __future__ import annotations
+
+from diffnas.registry import Registry
+from diffnas.spaces.darts_cnn import DartsSuperNet
+from diffnas.spaces.nb201 import NB201SuperNet
+from diffnas.spaces.robust_darts import ROBUST_DARTS_OP_SETS
+
+SPACES: Registry = Registry("search space")
+
+
+@SPACES.register("nb201")
+def nb201(cfg, in_channels: int, num_classes: int) -> NB201SuperNet:
+    """The NAS-Bench-201 supernet."""
+    return NB201SuperNet(cfg.C, cfg.N, in_channels, num_classes)
+
+
+def _darts_builder(op_sets):
+    def build(cfg, in_channels: int, num_classes: int) -> DartsSuperNet:
+        return DartsSuperNet(cfg.C, cfg.layers, in_channels, num_classes, cfg.steps,
+                             cfg.multiplier, cfg.stem_multiplier, op_sets)
+
+    return build
+
+
+SPACES.add("darts", _darts_builder(None))
+for _name, _sets in ROBUST_DARTS_OP_SETS.items():
+    SPACES.add(_name, _darts_builder(_sets))
+
+
+def build_supernet(cfg, in_channels: int, num_classes: int):
+    """The supernet named by `cfg.name` (a `[space]` config section)."""
+    if cfg.name in ROBUST_DARTS_OP_SETS and cfg.steps != 4:
+        raise ValueError(f"space.steps must be 4 for the RobustDARTS space {cfg.name!r}")
+    return SPACES.get(cfg.name)(cfg, in_channels, num_classes)

@@ -1,0 +1,137 @@
+"""The DARTS CNN space: normal and reduction cells of 4 intermediate nodes and 14 edges.
+
+Also serves the RobustDARTS reductions S1-S4, which only change the candidate ops of each edge.
+Row e of `weights["normal"]` / `weights["reduce"]` holds the weights of edge e, edges enumerated
+node by node (node i has inputs 0..i+1), column o the weight of the edge's o-th candidate op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from diffnas.ops import FactorizedReduce, ReLUConvBN
+from diffnas.spaces.genotypes import DARTS_OPS, Genotype
+from diffnas.spaces.mixed import MixedOp, active_mask, sum_or_zeros
+
+
+def edge_list(steps: int) -> list[tuple[int, int]]:
+    """(input, node) per edge in DARTS order; inputs 0,1 are the cell inputs, node i is i+2."""
+    return [(j, i + 2) for i in range(steps) for j in range(i + 2)]
+
+
+class SearchCell(nn.Module):
+    """A DARTS search cell: every node sums mixed edges from all earlier states."""
+
+    def __init__(self, steps, multiplier, C_pp, C_p, C, reduction, reduction_prev, edge_ops):
+        super().__init__()
+        self.reduction = reduction
+        if reduction_prev:
+            self.preprocess0 = FactorizedReduce(C_pp, C, affine=False)
+        else:
+            self.preprocess0 = ReLUConvBN(C_pp, C, 1, 1, 0, affine=False)
+        self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0, affine=False)
+        self.steps, self.multiplier = steps, multiplier
+        self.edges = edge_list(steps)
+        self.ops = nn.ModuleList(
+            MixedOp(C, C, 2 if reduction and j < 2 else 1, ops, pool_bn=True)
+            for (j, _), ops in zip(self.edges, edge_ops, strict=True)
+        )
+
+    def forward(self, s0, s1, weights, active):
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        B, C, H, W = states[1].shape
+        shape = (B, C, (H + 1) // 2, (W + 1) // 2) if self.reduction else (B, C, H, W)
+        e = 0
+        for _ in range(self.steps):
+            terms = []
+            for h in states:
+                terms.append(self.ops[e](h, weights[e], active[e]))
+                e += 1
+            states.append(sum_or_zeros(terms, s1, shape))
+        return torch.cat(states[-self.multiplier :], dim=1)
+
+
+class DartsSuperNet(nn.Module):
+    """The DARTS search network. forward(x, {"normal": [E, k], "reduce": [E, k]})."""
+
+    def __init__(
+        self,
+        C: int = 16,
+        layers: int = 8,
+        in_channels: int = 3,
+        num_classes: int = 10,
+        steps: int = 4,
+        multiplier: int = 4,
+        stem_multiplier: int = 3,
+        edge_ops: dict[str, Sequence[Sequence[str]]] | None = None,
+    ):
+        super().__init__()
+        n_edges = len(edge_list(steps))
+        if edge_ops is None:
+            edge_ops = {k: [DARTS_OPS] * n_edges for k in ("normal", "reduce")}
+        for kind in ("normal", "reduce"):
+            ops = edge_ops[kind]
+            if len(ops) != n_edges or len({len(o) for o in ops}) != 1:
+                raise ValueError(
+                    f"{kind}: need {n_edges} edges with equally many candidate ops each"
+                )
+        self.edge_ops = {k: [tuple(o) for o in v] for k, v in edge_ops.items()}
+        self.steps, self.multiplier = steps, multiplier
+        C_cur = stem_multiplier * C
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, C_cur, 3, padding=1, bias=False), nn.BatchNorm2d(C_cur)
+        )
+        C_pp, C_p, C_cur = C_cur, C_cur, C
+        cells, reduction_prev = [], False
+        for i in range(layers):
+            reduction = i in (layers // 3, 2 * layers // 3)
+            if reduction:
+                C_cur *= 2
+            kind = "reduce" if reduction else "normal"
+            cells.append(SearchCell(steps, multiplier, C_pp, C_p, C_cur, reduction,
+                                    reduction_prev, self.edge_ops[kind]))
+            reduction_prev = reduction
+            C_pp, C_p = C_p, multiplier * C_cur
+        self.cells = nn.ModuleList(cells)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_p, num_classes)
+
+    def arch_shapes(self) -> dict[str, tuple[int, int]]:
+        """Shapes of the architecture weights the forward expects."""
+        return {k: (len(v), len(v[0])) for k, v in self.edge_ops.items()}
+
+    def forward(self, x, weights: dict[str, torch.Tensor]):
+        active = {k: active_mask(w) for k, w in weights.items()}
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            kind = "reduce" if cell.reduction else "normal"
+            s0, s1 = s1, cell(s0, s1, weights[kind], active[kind])
+        return self.classifier(self.pool(s1).flatten(1))
+
+    def genotype(self, weights: dict[str, torch.Tensor]) -> Genotype:
+        """The DARTS rule: per node the top-2 inputs by strongest non-`none` op, then that op."""
+        parsed = {k: derive_cell(weights[k], self.edge_ops[k], self.steps) for k in weights}
+        concat = list(range(2 + self.steps - self.multiplier, self.steps + 2))
+        return Genotype(parsed["normal"], concat, parsed["reduce"], concat)
+
+
+def derive_cell(w: torch.Tensor, edge_ops, steps: int, k: int = 2) -> list[tuple[str, int]]:
+    """Keep, for every node, the k incoming edges whose best non-none weight is largest."""
+    w = w.detach().float().cpu()
+    edges = edge_list(steps)
+    gene = []
+    for node in range(2, steps + 2):
+        cand = []
+        for e, (j, to) in enumerate(edges):
+            if to != node:
+                continue
+            scores = [(w[e, o].item(), o) for o, name in enumerate(edge_ops[e]) if name != "none"]
+            best, o = max(scores)
+            cand.append((best, -j, edge_ops[e][o], j))
+        # Ties resolve to the earlier input, like the stable sort of the original code.
+        cand.sort(reverse=True)
+        gene.extend(sorted(((op, j) for _, _, op, j in cand[:k]), key=lambda t: t[1]))
+    return gene

@@ -1,0 +1,243 @@
+"""Genotypes as validated data: the DARTS `Genotype` namedtuple and the NB201 cell string."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from collections import namedtuple
+from dataclasses import dataclass
+from pathlib import Path
+
+DARTS_OPS = (
+    "none",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+)
+# `noise` only exists in the RobustDARTS S4 space.
+DARTS_ALL_OPS = DARTS_OPS + ("noise",)
+NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+
+
+class GenotypeError(ValueError):
+    """A genotype that is not well formed; the message says what is wrong."""
+
+
+Genotype = namedtuple("Genotype", "normal normal_concat reduce reduce_concat")
+
+
+def validate_darts(g: Genotype, steps: int | None = None, ops=DARTS_ALL_OPS) -> Genotype:
+    """Check a DARTS genotype; return it with lists normalised. Raises GenotypeError."""
+    out = {}
+    for kind in ("normal", "reduce"):
+        edges = getattr(g, kind)
+        if not isinstance(edges, list | tuple) or len(edges) == 0 or len(edges) % 2:
+            raise GenotypeError(
+                f"{kind}: expected a list of (op, input) pairs, two per node, got {edges!r}"
+            )
+        n_nodes = len(edges) // 2
+        if steps is not None and n_nodes != steps:
+            raise GenotypeError(
+                f"{kind}: has {n_nodes} nodes ({len(edges)} edges), the space has {steps}"
+            )
+        norm = []
+        for k, e in enumerate(edges):
+            if not isinstance(e, list | tuple) or len(e) != 2:
+                raise GenotypeError(f"{kind}[{k}]: expected (op, input), got {e!r}")
+            op, inp = e
+            node = k // 2
+            if op not in ops:
+                raise GenotypeError(
+                    f"{kind}[{k}]: unknown op {op!r}; allowed: {', '.join(ops)}"
+                )
+            if op == "none":
+                raise GenotypeError(f"{kind}[{k}]: 'none' cannot be a selected op")
+            if isinstance(inp, bool) or not isinstance(inp, int) or not 0 <= inp < node + 2:
+                raise GenotypeError(
+                    f"{kind}[{k}]: input {inp!r} of intermediate node {node} must be an "
+                    f"int in [0, {node + 1}] (0,1 = cell inputs, 2.. = earlier nodes)"
+                )
+            norm.append((op, inp))
+        concat = list(getattr(g, kind + "_concat"))
+        if not concat or any(
+            isinstance(c, bool) or not isinstance(c, int) or not 2 <= c < n_nodes + 2
+            for c in concat
+        ):
+            raise GenotypeError(
+                f"{kind}_concat: {concat!r} must list node indices in [2, {n_nodes + 1}]"
+            )
+        out[kind] = norm
+        out[kind + "_concat"] = concat
+    return Genotype(**out)
+
+
+def darts_to_json(g: Genotype) -> dict:
+    """The JSON form: {"normal": [[op, input], ...], "normal_concat": [...], ...}."""
+    g = validate_darts(g)
+    return {
+        "normal": [list(e) for e in g.normal],
+        "normal_concat": list(g.normal_concat),
+        "reduce": [list(e) for e in g.reduce],
+        "reduce_concat": list(g.reduce_concat),
+    }
+
+
+def darts_from_json(d: dict) -> Genotype:
+    """Inverse of darts_to_json, with validation."""
+    if not isinstance(d, dict):
+        raise GenotypeError(f"expected a JSON object with normal/reduce keys, got {type(d).__name__}")
+    missing = [k for k in Genotype._fields if k not in d]
+    extra = [k for k in d if k not in Genotype._fields]
+    if missing or extra:
+        raise GenotypeError(
+            f"DARTS genotype keys must be exactly {list(Genotype._fields)}; "
+            f"missing {missing}, unexpected {extra}"
+        )
+    return validate_darts(
+        Genotype(
+            normal=[tuple(e) if isinstance(e, list) else e for e in d["normal"]],
+            normal_concat=d["normal_concat"],
+            reduce=[tuple(e) if isinstance(e, list) else e for e in d["reduce"]],
+            reduce_concat=d["reduce_concat"],
+        )
+    )
+
+
+_RANGE = re.compile(r"range\(\s*(\d+)\s*,\s*(\d+)\s*\)")
+
+
+def darts_from_string(s: str) -> Genotype:
+    """Parse the printed namedtuple form `Genotype(normal=[('sep_conv_3x3', 0), ...], ...)`."""
+    s = s.strip()
+    if not s.startswith("Genotype(") or not s.endswith(")"):
+        raise GenotypeError("expected text of the form Genotype(normal=[...], normal_concat=...)")
+    body = _RANGE.sub(lambda m: repr(list(range(int(m[1]), int(m[2])))), s[len("Genotype(") : -1])
+    try:
+        call = ast.parse(f"f({body})", mode="eval").body
+        kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
+    except (SyntaxError, ValueError) as e:
+        raise GenotypeError(f"cannot parse genotype text: {e}") from None
+    return darts_from_json({k: [list(x) if isinstance(x, tuple) else x for x in v]
+                            if isinstance(v, list) else v for k, v in kwargs.items()})
+
+
+@dataclass(frozen=True)
+class NB201Genotype:
+    """A NAS-Bench-201 cell: ops[k] is the op of edge k in string order
+    (1<-0, 2<-0, 2<-1, 3<-0, 3<-1, 3<-2)."""
+
+    ops: tuple[str, ...]
+
+    EDGES = ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3))  # (from, to), string order
+
+    def __post_init__(self):
+        if len(self.ops) != 6:
+            raise GenotypeError(f"an NB201 cell has 6 edges, got {len(self.ops)} ops")
+        for k, op in enumerate(self.ops):
+            if op not in NB201_OPS:
+                raise GenotypeError(
+                    f"edge {self.EDGES[k][0]}->{self.EDGES[k][1]}: unknown op {op!r}; "
+                    f"allowed: {', '.join(NB201_OPS)}"
+                )
+
+    def to_string(self) -> str:
+        """The NB201 arch string `|op~0|+|op~0|op~1|+|op~0|op~1|op~2|`."""
+        o = self.ops
+        return f"|{o[0]}~0|+|{o[1]}~0|{o[2]}~1|+|{o[3]}~0|{o[4]}~1|{o[5]}~2|"
+
+    @classmethod
+    def from_string(cls, s: str) -> NB201Genotype:
+        """Parse and validate an NB201 arch string."""
+        s = s.strip()
+        nodes = s.split("+")
+        if len(nodes) != 3:
+            raise GenotypeError(
+                f"NB201 string {s!r} must have 3 nodes separated by '+', "
+                "like |op~0|+|op~0|op~1|+|op~0|op~1|op~2|"
+            )
+        ops = []
+        for i, node in enumerate(nodes, start=1):
+            if not (node.startswith("|") and node.endswith("|")):
+                raise GenotypeError(f"node {i} {node!r} must start and end with '|'")
+            parts = node[1:-1].split("|")
+            if len(parts) != i:
+                raise GenotypeError(f"node {i} must have {i} inputs, got {len(parts)} in {node!r}")
+            for j, p in enumerate(parts):
+                op, sep, src = p.partition("~")
+                if not sep or src != str(j):
+                    raise GenotypeError(
+                        f"node {i}, input {j}: expected 'op~{j}', got {p!r}"
+                    )
+                ops.append(op)
+        return cls(tuple(ops))
+
+    def to_json(self) -> dict:
+        """JSON form: {"arch": "<nb201 string>"}."""
+        return {"arch": self.to_string()}
+
+    @classmethod
+    def from_json(cls, d: dict) -> NB201Genotype:
+        """Inverse of to_json."""
+        if not isinstance(d, dict) or set(d) != {"arch"} or not isinstance(d["arch"], str):
+            raise GenotypeError('NB201 genotype JSON must be {"arch": "|op~0|+...|"}')
+        return cls.from_string(d["arch"])
+
+    def __str__(self) -> str:
+        return self.to_string()
+
+
+def genotype_to_json(g) -> dict:
+    """Either genotype kind to its JSON form, tagged with its space family."""
+    if isinstance(g, NB201Genotype):
+        return {"space": "nb201", **g.to_json()}
+    if isinstance(g, Genotype):
+        return {"space": "darts", **darts_to_json(g)}
+    to_json = getattr(g, "to_json", None)
+    if to_json is None:
+        raise TypeError(f"not a genotype: {g!r}")
+    return to_json()
+
+
+def genotype_from_json(d: dict):
+    """Parse a tagged genotype JSON object (as written to genotype.json)."""
+    if not isinstance(d, dict) or "space" not in d:
+        raise GenotypeError('genotype JSON needs a "space" key ("nb201" or "darts")')
+    body = {k: v for k, v in d.items() if k != "space"}
+    if d["space"] == "nb201":
+        return NB201Genotype.from_json(body)
+    if d["space"] == "darts":
+        return darts_from_json(body)
+    raise GenotypeError(f'unknown genotype space {d["space"]!r}; expected "nb201" or "darts"')
+
+
+def load_genotype(text_or_path: str):
+    """A genotype from a path to genotype.json, JSON text, an NB201 string or Genotype(...) text."""
+    text = text_or_path.strip()
+    if not text.startswith(("|", "{", "Genotype(")):
+        p = Path(text)
+        if p.is_dir():
+            p = p / "genotype.json"
+        if not p.is_file():
+            raise GenotypeError(
+                f"{text!r} is not an NB201 string, Genotype(...) text, JSON, "
+                f"nor an existing genotype.json or run directory"
+            )
+        text = p.read_text()
+    text = text.strip()
+    if text.startswith("|"):
+        return NB201Genotype.from_string(text)
+    if text.startswith("Genotype("):
+        return darts_from_string(text)
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise GenotypeError(
+            f"not a genotype: {text[:80]!r} is neither an NB201 string, Genotype(...) text, "
+            f"JSON ({e.msg}), nor a path to a genotype.json"
+        ) from None
+    return genotype_from_json(d)
