@@ -36,10 +36,19 @@ def measure(space: str, order: int, steps: int, device: str, channels_last: bool
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     arch = ArchParameters(model.arch_shapes()).to(dev)
-    cfg = types.SimpleNamespace(w_lr=0.025, w_lr_min=0.001, w_momentum=0.9,
-                                w_weight_decay=3e-4, grad_clip=5.0, alpha_lr=3e-4,
-                                alpha_betas=[0.5, 0.999], alpha_weight_decay=1e-3, order=order,
-                                unrolled_eps=0.01, epochs=50)
+    cfg = types.SimpleNamespace(
+        w_lr=0.025,
+        w_lr_min=0.001,
+        w_momentum=0.9,
+        w_weight_decay=3e-4,
+        grad_clip=5.0,
+        alpha_lr=3e-4,
+        alpha_betas=[0.5, 0.999],
+        alpha_weight_decay=1e-3,
+        order=order,
+        unrolled_eps=0.01,
+        epochs=50,
+    )
     search = DartsSearch(model, arch, cfg)
     search.on_epoch_start(0)
 
@@ -60,10 +69,18 @@ def measure(space: str, order: int, steps: int, device: str, channels_last: bool
         if dev.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
-    peak = (torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
-    return {"space": space, "order": order, "median_s": statistics.median(times),
-            "min_s": min(times), "peak_gib": peak}
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**30
+        if dev.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    )
+    return {
+        "space": space,
+        "order": order,
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "peak_gib": peak,
+    }
 
 
 def main() -> None:
@@ -83,18 +100,29 @@ def main() -> None:
     rows = []
     for space in a.spaces.split(","):
         for order in (int(o) for o in a.orders.split(",")):
-            cmd = [sys.executable, __file__, "--child", f"{space}:{order}", "--steps",
-                   str(a.steps), "--device", a.device] + (["--channels-last"] if a.channels_last
-                                                          else [])
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                f"{space}:{order}",
+                "--steps",
+                str(a.steps),
+                "--device",
+                a.device,
+            ] + (["--channels-last"] if a.channels_last else [])
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
-    print(f"device={a.device} threads={torch.get_num_threads()} "
-          f"channels_last={a.channels_last} batch=64 C=16 (NB201 N=5, DARTS 8 cells)")
+    print(
+        f"device={a.device} threads={torch.get_num_threads()} "
+        f"channels_last={a.channels_last} batch=64 C=16 (NB201 N=5, DARTS 8 cells)"
+    )
     mem = "peak GPU GiB" if a.device == "cuda" else "peak RSS GiB"
     print(f"{'space':<7}{'order':>6}{'median s/step':>15}{'min s/step':>12}{mem:>14}")
     for r in rows:
-        print(f"{r['space']:<7}{r['order']:>6}{r['median_s']:>15.3f}{r['min_s']:>12.3f}"
-              f"{r['peak_gib']:>14.2f}")
+        print(
+            f"{r['space']:<7}{r['order']:>6}{r['median_s']:>15.3f}{r['min_s']:>12.3f}"
+            f"{r['peak_gib']:>14.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -16,9 +16,18 @@ import torch
 from diffnas.runs.rundir import RunDir
 
 TINY = [
-    "run.seed=3", "run.threads=1", "run.progress=false", "run.log_every=2",
-    'data.dataset="synthetic"', "data.limit=96", "data.batch_size=16", "data.eval_batch_size=48",
-    'space.name="nb201"', "space.C=4", "space.N=1", "search.epochs=4",
+    "run.seed=3",
+    "run.threads=1",
+    "run.progress=false",
+    "run.log_every=2",
+    'data.dataset="synthetic"',
+    "data.limit=96",
+    "data.batch_size=16",
+    "data.eval_batch_size=48",
+    'space.name="nb201"',
+    "space.C=4",
+    "space.N=1",
+    "search.epochs=4",
 ]
 
 
@@ -50,8 +59,9 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path, order):
     ref, out = tmp_path / "a", tmp_path / "b"
     r = subprocess.run(_search_cmd(ref, TINY + extra), env=ENV, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    proc = subprocess.Popen(_search_cmd(out, TINY + extra), env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        _search_cmd(out, TINY + extra), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     # Wait until the first epoch is checkpointed and at least one step record of epoch 2 is
     # logged, so the kill lands mid-epoch with lines written after the checkpoint.
     deadline = time.time() + 120
@@ -68,8 +78,12 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path, order):
     proc.wait()
     assert not (out / "genotype.json").exists()
 
-    r = subprocess.run([sys.executable, "-m", "diffnas", "search", "--resume", str(out)],
-                       env=ENV, capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "diffnas", "search", "--resume", str(out)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert (out / "genotype.json").read_text() == (ref / "genotype.json").read_text()
     a, b = _final_alphas(ref), _final_alphas(out)
@@ -81,7 +95,11 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path, order):
 def test_resume_refuses_overrides_and_missing_checkpoint(tmp_path):
     """--resume of a directory without a checkpoint is a clear error, not a fresh run."""
     (tmp_path / "empty").mkdir()
-    r = subprocess.run([sys.executable, "-m", "diffnas", "search", "--resume",
-                        str(tmp_path / "empty")], env=ENV, capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "diffnas", "search", "--resume", str(tmp_path / "empty")],
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2
     assert "checkpoint" in r.stderr and "Traceback" not in r.stderr

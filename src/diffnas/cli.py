@@ -22,8 +22,11 @@ def _nb201_hook():
     from diffnas.spaces.genotypes import NB201Genotype
 
     if not is_available():
-        print("note: analog-nasbench is not installed; no ground-truth accuracies "
-              "(pip install --no-deps analog-nasbench==0.1.3)", file=sys.stderr)
+        print(
+            "note: analog-nasbench is not installed; no ground-truth accuracies "
+            "(pip install --no-deps analog-nasbench==0.1.3)",
+            file=sys.stderr,
+        )
         return None
 
     def hook(genotype) -> dict:
@@ -91,8 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("search", help="run a search (no --config: the quickstart)")
     s.add_argument("--config", help="TOML config file (see configs/ and `diffnas config --doc`)")
     s.add_argument("--out", help="run directory (default runs/<space>-<dataset>-<time>)")
-    s.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set search.epochs=10 (repeatable)")
+    s.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set search.epochs=10 (repeatable)",
+    )
     s.add_argument("--resume", metavar="RUN_DIR", help="resume the run in RUN_DIR exactly")
     s.set_defaults(func=cmd_search)
 
@@ -130,8 +137,14 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from diffnas.runs.rundir import RunDirError
     from diffnas.spaces.genotypes import GenotypeError
 
-    return (ConfigError, RunDirError, GenotypeError, DataNotFoundError, DataFormatError,
-            BenchmarkError)
+    return (
+        ConfigError,
+        RunDirError,
+        GenotypeError,
+        DataNotFoundError,
+        DataFormatError,
+        BenchmarkError,
+    )
 
 
 if __name__ == "__main__":

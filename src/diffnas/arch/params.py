@@ -18,8 +18,13 @@ class ArchParameters(nn.Module):
     multiplies them, so selection can fix or remove ops without touching the alphas.
     """
 
-    def __init__(self, shapes: dict[str, tuple[int, ...]], activation: str = "softmax",
-                 init_std: float = 1e-3, generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        shapes: dict[str, tuple[int, ...]],
+        activation: str = "softmax",
+        init_std: float = 1e-3,
+        generator: torch.Generator | None = None,
+    ):
         super().__init__()
         self.activation = activation
         self._act = ACTIVATIONS.get(activation)

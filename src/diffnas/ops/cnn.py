@@ -32,8 +32,9 @@ class DilConv(nn.Sequential):
     def __init__(self, C_in, C_out, kernel, stride, padding, dilation, affine=True):
         super().__init__(
             nn.ReLU(inplace=False),
-            nn.Conv2d(C_in, C_in, kernel, stride, padding, dilation=dilation, groups=C_in,
-                      bias=False),
+            nn.Conv2d(
+                C_in, C_in, kernel, stride, padding, dilation=dilation, groups=C_in, bias=False
+            ),
             nn.Conv2d(C_in, C_out, 1, bias=False),
             nn.BatchNorm2d(C_out, affine=affine),
         )
@@ -129,20 +130,38 @@ def _skip(C_in, C_out, stride, affine):
 OPS.add("none", lambda C_in, C_out, stride, affine: Zero(stride))
 OPS.add("noise", lambda C_in, C_out, stride, affine: Noise(stride))
 OPS.add("skip_connect", _skip)
-OPS.add("avg_pool_3x3", lambda C_in, C_out, stride, affine: Pool("avg", C_in, C_out, stride, affine))
-OPS.add("max_pool_3x3", lambda C_in, C_out, stride, affine: Pool("max", C_in, C_out, stride, affine))
-OPS.add("sep_conv_3x3", lambda C_in, C_out, stride, affine: SepConv(C_in, C_out, 3, stride, 1, affine))
-OPS.add("sep_conv_5x5", lambda C_in, C_out, stride, affine: SepConv(C_in, C_out, 5, stride, 2, affine))
-OPS.add("sep_conv_7x7", lambda C_in, C_out, stride, affine: SepConv(C_in, C_out, 7, stride, 3, affine))
-OPS.add("dil_conv_3x3",
-        lambda C_in, C_out, stride, affine: DilConv(C_in, C_out, 3, stride, 2, 2, affine))
-OPS.add("dil_conv_5x5",
-        lambda C_in, C_out, stride, affine: DilConv(C_in, C_out, 5, stride, 4, 2, affine))
+OPS.add(
+    "avg_pool_3x3", lambda C_in, C_out, stride, affine: Pool("avg", C_in, C_out, stride, affine)
+)
+OPS.add(
+    "max_pool_3x3", lambda C_in, C_out, stride, affine: Pool("max", C_in, C_out, stride, affine)
+)
+OPS.add(
+    "sep_conv_3x3", lambda C_in, C_out, stride, affine: SepConv(C_in, C_out, 3, stride, 1, affine)
+)
+OPS.add(
+    "sep_conv_5x5", lambda C_in, C_out, stride, affine: SepConv(C_in, C_out, 5, stride, 2, affine)
+)
+OPS.add(
+    "sep_conv_7x7", lambda C_in, C_out, stride, affine: SepConv(C_in, C_out, 7, stride, 3, affine)
+)
+OPS.add(
+    "dil_conv_3x3",
+    lambda C_in, C_out, stride, affine: DilConv(C_in, C_out, 3, stride, 2, 2, affine),
+)
+OPS.add(
+    "dil_conv_5x5",
+    lambda C_in, C_out, stride, affine: DilConv(C_in, C_out, 5, stride, 4, 2, affine),
+)
 # NAS-Bench-201's convolutions: a single ReLU-conv-BN.
-OPS.add("nor_conv_1x1",
-        lambda C_in, C_out, stride, affine: ReLUConvBN(C_in, C_out, 1, stride, 0, affine))
-OPS.add("nor_conv_3x3",
-        lambda C_in, C_out, stride, affine: ReLUConvBN(C_in, C_out, 3, stride, 1, affine))
+OPS.add(
+    "nor_conv_1x1",
+    lambda C_in, C_out, stride, affine: ReLUConvBN(C_in, C_out, 1, stride, 0, affine),
+)
+OPS.add(
+    "nor_conv_3x3",
+    lambda C_in, C_out, stride, affine: ReLUConvBN(C_in, C_out, 3, stride, 1, affine),
+)
 
 PARAMETER_FREE = frozenset({"none", "noise", "skip_connect", "avg_pool_3x3", "max_pool_3x3"})
 

@@ -9,8 +9,16 @@ import time
 class Progress:
     """Wraps an iterable; `update(**metrics)` sets the numbers shown after the bar."""
 
-    def __init__(self, iterable, total: int, desc: str = "", enabled: bool = True,
-                 unit: str = "it", stream=None, min_interval: float = 0.5):
+    def __init__(
+        self,
+        iterable,
+        total: int,
+        desc: str = "",
+        enabled: bool = True,
+        unit: str = "it",
+        stream=None,
+        min_interval: float = 0.5,
+    ):
         self.iterable, self.total, self.desc, self.unit = iterable, total, desc, unit
         self.enabled = enabled
         self.stream = stream or sys.stderr

@@ -24,9 +24,16 @@ class Architect:
     neither the real weights nor the BN running statistics are modified by them.
     """
 
-    def __init__(self, model: nn.Module, arch: ArchParameters,
-                 a_optimizer: torch.optim.Optimizer, w_optimizer: torch.optim.SGD,
-                 loss_fn: LossFn, order: int = 1, eps_scale: float = 0.01):
+    def __init__(
+        self,
+        model: nn.Module,
+        arch: ArchParameters,
+        a_optimizer: torch.optim.Optimizer,
+        w_optimizer: torch.optim.SGD,
+        loss_fn: LossFn,
+        order: int = 1,
+        eps_scale: float = 0.01,
+    ):
         if order not in (1, 2):
             raise ValueError(f"order must be 1 or 2, got {order}")
         self.model, self.arch, self.loss_fn, self.order = model, arch, loss_fn, order

@@ -1,4 +1,4 @@
-"""Bilevel DARTS search: alternate an alpha step on a val batch and a weight step on a train batch."""
+"""Bilevel DARTS search: an alpha step on a val batch, then a weight step on a train batch."""
 
 from __future__ import annotations
 
@@ -32,15 +32,26 @@ class DartsSearch:
     def __init__(self, model: nn.Module, arch: ArchParameters, cfg):
         self.model, self.arch, self.cfg = model, arch, cfg
         self.w_optimizer = torch.optim.SGD(
-            [p for p in model.parameters() if p.requires_grad], lr=cfg.w_lr,
-            momentum=cfg.w_momentum, weight_decay=cfg.w_weight_decay,
+            [p for p in model.parameters() if p.requires_grad],
+            lr=cfg.w_lr,
+            momentum=cfg.w_momentum,
+            weight_decay=cfg.w_weight_decay,
         )
         self.a_optimizer = torch.optim.Adam(
-            arch.parameters(), lr=cfg.alpha_lr, betas=tuple(cfg.alpha_betas),
+            arch.parameters(),
+            lr=cfg.alpha_lr,
+            betas=tuple(cfg.alpha_betas),
             weight_decay=cfg.alpha_weight_decay,
         )
-        self.architect = Architect(model, arch, self.a_optimizer, self.w_optimizer,
-                                   F.cross_entropy, cfg.order, cfg.unrolled_eps)
+        self.architect = Architect(
+            model,
+            arch,
+            self.a_optimizer,
+            self.w_optimizer,
+            F.cross_entropy,
+            cfg.order,
+            cfg.unrolled_eps,
+        )
         self.epoch, self.lr = 0, cfg.w_lr
 
     def on_epoch_start(self, epoch: int) -> None:
@@ -63,8 +74,11 @@ class DartsSearch:
         if self.cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.w_optimizer.step()
-        return {"train_loss": loss.item(), "train_acc": accuracy(logits, y),
-                "val_loss": val_loss.item()}
+        return {
+            "train_loss": loss.item(),
+            "train_acc": accuracy(logits, y),
+            "val_loss": val_loss.item(),
+        }
 
     @torch.no_grad()
     def evaluate(self, batches) -> dict[str, float]:

@@ -58,24 +58,32 @@ def build_search(cfg) -> SearchSetup:
             f"data.limit={cfg.data.limit} with data.train_portion={cfg.data.train_portion} leaves "
             "an empty train or val split; raise data.limit"
         )
-    aug = Augment(ds.mean, ds.std, pad=4, flip=True, cutout=cfg.data.cutout) if cfg.data.augment \
+    aug = (
+        Augment(ds.mean, ds.std, pad=4, flip=True, cutout=cfg.data.cutout)
+        if cfg.data.augment
         else None
+    )
     bs = cfg.data.batch_size
     # As in DARTS, the val half feeds the alpha steps with the same augmentation as training.
     train = EpochBatches(ds, train_idx, bs, aug, train=True, device=device)
     val = EpochBatches(ds, val_idx, bs, aug, train=True, device=device)
-    val_eval = EpochBatches(ds, val_idx, cfg.data.eval_batch_size, None, train=False,
-                            device=device)
+    val_eval = EpochBatches(ds, val_idx, cfg.data.eval_batch_size, None, train=False, device=device)
     model = build_supernet(cfg.space, ds.in_channels, ds.num_classes).to(device)
     gen = torch.Generator().manual_seed(cfg.run.seed)
-    arch = ArchParameters(model.arch_shapes(), cfg.search.activation, cfg.search.alpha_init_std,
-                          gen).to(device)
+    arch = ArchParameters(
+        model.arch_shapes(), cfg.search.activation, cfg.search.alpha_init_std, gen
+    ).to(device)
     strategy = STRATEGIES.get(cfg.search.strategy)(model, arch, cfg.search)
     return SearchSetup(strategy, train, val, val_eval, device)
 
 
-def run_search(cfg, run, resume: bool = False, hooks: Sequence[EpochHook] = (),
-               log: Callable[[str], None] = print):
+def run_search(
+    cfg,
+    run,
+    resume: bool = False,
+    hooks: Sequence[EpochHook] = (),
+    log: Callable[[str], None] = print,
+):
     """Run (or resume) a search in run directory `run`; returns the final genotype."""
     s = build_search(cfg)
     strategy, start_epoch, global_step = s.strategy, 0, 0
@@ -90,8 +98,13 @@ def run_search(cfg, run, resume: bool = False, hooks: Sequence[EpochHook] = (),
         t0 = time.perf_counter()
         strategy.on_epoch_start(epoch)
         val_stream = cycle_batches(s.val, epoch_seed(cfg.run.seed, epoch, 1))
-        bar = Progress(s.train.epoch(epoch_seed(cfg.run.seed, epoch, 0)), len(s.train),
-                       desc=f"epoch {epoch + 1}/{epochs}", enabled=cfg.run.progress, unit="step")
+        bar = Progress(
+            s.train.epoch(epoch_seed(cfg.run.seed, epoch, 0)),
+            len(s.train),
+            desc=f"epoch {epoch + 1}/{epochs}",
+            enabled=cfg.run.progress,
+            unit="step",
+        )
         sums = {"train_loss": 0.0, "train_acc": 0.0, "val_loss": 0.0}
         n_steps = 0
         for train_batch in bar:
@@ -102,10 +115,16 @@ def run_search(cfg, run, resume: bool = False, hooks: Sequence[EpochHook] = (),
                 sums[k] += m[k]
             bar.update(loss=m["train_loss"], acc=m["train_acc"])
             if global_step % cfg.run.log_every == 0:
-                run.log_metrics({"kind": "step", "epoch": epoch, "step": global_step,
-                                 "lr": strategy.lr, **m})
-        record = {"kind": "epoch", "epoch": epoch, "step": global_step, "lr": strategy.lr,
-                  **{k: v / max(n_steps, 1) for k, v in sums.items()}}
+                run.log_metrics(
+                    {"kind": "step", "epoch": epoch, "step": global_step, "lr": strategy.lr, **m}
+                )
+        record = {
+            "kind": "epoch",
+            "epoch": epoch,
+            "step": global_step,
+            "lr": strategy.lr,
+            **{k: v / max(n_steps, 1) for k, v in sums.items()},
+        }
         record.update(strategy.evaluate(s.val_eval.epoch(0)))
         genotype = strategy.genotype()
         record["genotype"] = str(genotype)
@@ -116,8 +135,14 @@ def run_search(cfg, run, resume: bool = False, hooks: Sequence[EpochHook] = (),
         with torch.no_grad():
             weights = {k: w.cpu().tolist() for k, w in strategy.arch.weights().items()}
         run.log_genotype(epoch, {**genotype_to_json(genotype), "weights": weights})
-        run.save_checkpoint({"strategy": strategy.state_dict(), "epoch": epoch + 1,
-                             "global_step": global_step, "rng": capture_rng()})
+        run.save_checkpoint(
+            {
+                "strategy": strategy.state_dict(),
+                "epoch": epoch + 1,
+                "global_step": global_step,
+                "rng": capture_rng(),
+            }
+        )
         log(_summary(record))
     genotype = strategy.genotype()
     run.write_genotype(genotype_to_json(genotype))
@@ -126,6 +151,8 @@ def run_search(cfg, run, resume: bool = False, hooks: Sequence[EpochHook] = (),
 
 def _summary(r: dict) -> str:
     extra = f" nb201_acc={r['nb201_acc']:.2f}" if "nb201_acc" in r else ""
-    return (f"epoch {r['epoch'] + 1}: train_loss={r['train_loss']:.4f} "
-            f"train_acc={r['train_acc']:.2f} valid_acc={r['valid_acc']:.2f} "
-            f"({r['epoch_time_s']:.1f}s){extra}\n  genotype: {r['genotype']}")
+    return (
+        f"epoch {r['epoch'] + 1}: train_loss={r['train_loss']:.4f} "
+        f"train_acc={r['train_acc']:.2f} valid_acc={r['valid_acc']:.2f} "
+        f"({r['epoch_time_s']:.1f}s){extra}\n  genotype: {r['genotype']}"
+    )

@@ -23,8 +23,16 @@ def nb201(cfg, in_channels: int, num_classes: int) -> NB201SuperNet:
 
 def _darts_builder(op_sets):
     def build(cfg, in_channels: int, num_classes: int) -> DartsSuperNet:
-        return DartsSuperNet(cfg.C, cfg.layers, in_channels, num_classes, cfg.steps,
-                             cfg.multiplier, cfg.stem_multiplier, op_sets)
+        return DartsSuperNet(
+            cfg.C,
+            cfg.layers,
+            in_channels,
+            num_classes,
+            cfg.steps,
+            cfg.multiplier,
+            cfg.stem_multiplier,
+            op_sets,
+        )
 
     return build
 

@@ -91,8 +91,18 @@ class DartsSuperNet(nn.Module):
             if reduction:
                 C_cur *= 2
             kind = "reduce" if reduction else "normal"
-            cells.append(SearchCell(steps, multiplier, C_pp, C_p, C_cur, reduction,
-                                    reduction_prev, self.edge_ops[kind]))
+            cells.append(
+                SearchCell(
+                    steps,
+                    multiplier,
+                    C_pp,
+                    C_p,
+                    C_cur,
+                    reduction,
+                    reduction_prev,
+                    self.edge_ops[kind],
+                )
+            )
             reduction_prev = reduction
             C_pp, C_p = C_p, multiplier * C_cur
         self.cells = nn.ModuleList(cells)

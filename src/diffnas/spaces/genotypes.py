@@ -52,9 +52,7 @@ def validate_darts(g: Genotype, steps: int | None = None, ops=DARTS_ALL_OPS) -> 
             op, inp = e
             node = k // 2
             if op not in ops:
-                raise GenotypeError(
-                    f"{kind}[{k}]: unknown op {op!r}; allowed: {', '.join(ops)}"
-                )
+                raise GenotypeError(f"{kind}[{k}]: unknown op {op!r}; allowed: {', '.join(ops)}")
             if op == "none":
                 raise GenotypeError(f"{kind}[{k}]: 'none' cannot be a selected op")
             if isinstance(inp, bool) or not isinstance(inp, int) or not 0 <= inp < node + 2:
@@ -90,7 +88,9 @@ def darts_to_json(g: Genotype) -> dict:
 def darts_from_json(d: dict) -> Genotype:
     """Inverse of darts_to_json, with validation."""
     if not isinstance(d, dict):
-        raise GenotypeError(f"expected a JSON object with normal/reduce keys, got {type(d).__name__}")
+        raise GenotypeError(
+            f"expected a JSON object with normal/reduce keys, got {type(d).__name__}"
+        )
     missing = [k for k in Genotype._fields if k not in d]
     extra = [k for k in d if k not in Genotype._fields]
     if missing or extra:
@@ -122,8 +122,12 @@ def darts_from_string(s: str) -> Genotype:
         kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
     except (SyntaxError, ValueError) as e:
         raise GenotypeError(f"cannot parse genotype text: {e}") from None
-    return darts_from_json({k: [list(x) if isinstance(x, tuple) else x for x in v]
-                            if isinstance(v, list) else v for k, v in kwargs.items()})
+    return darts_from_json(
+        {
+            k: [list(x) if isinstance(x, tuple) else x for x in v] if isinstance(v, list) else v
+            for k, v in kwargs.items()
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -170,9 +174,7 @@ class NB201Genotype:
             for j, p in enumerate(parts):
                 op, sep, src = p.partition("~")
                 if not sep or src != str(j):
-                    raise GenotypeError(
-                        f"node {i}, input {j}: expected 'op~{j}', got {p!r}"
-                    )
+                    raise GenotypeError(f"node {i}, input {j}: expected 'op~{j}', got {p!r}")
                 ops.append(op)
         return cls(tuple(ops))
 

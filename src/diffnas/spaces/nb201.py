@@ -42,8 +42,11 @@ class SearchCell(nn.Module):
     def forward(self, x, weights, active):
         nodes = [x]
         for j in range(1, 4):
-            terms = [self.edges[k](nodes[i], weights[k], active[k])
-                     for k, (i, to) in enumerate(EDGES) if to == j]
+            terms = [
+                self.edges[k](nodes[i], weights[k], active[k])
+                for k, (i, to) in enumerate(EDGES)
+                if to == j
+            ]
             nodes.append(sum_or_zeros(terms, x, x.shape))
         return nodes[-1]
 
@@ -59,8 +62,11 @@ class FixedCell(nn.Module):
     def forward(self, x):
         nodes = [x]
         for j in range(1, 4):
-            terms = [self.edges[k](nodes[i]) for k, (i, to) in enumerate(EDGES)
-                     if to == j and self.ops[k] != "none"]
+            terms = [
+                self.edges[k](nodes[i])
+                for k, (i, to) in enumerate(EDGES)
+                if to == j and self.ops[k] != "none"
+            ]
             nodes.append(sum_or_zeros(terms, x, x.shape))
         return nodes[-1]
 
