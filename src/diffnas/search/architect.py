@@ -70,7 +70,9 @@ class Architect:
         ws = [p for _, p in named]
         group = self.w_optimizer.param_groups[0]
         momentum, wd = group["momentum"], group["weight_decay"]
-        g_train = torch.autograd.grad(self._loss(dict(named), train_batch), ws)
+        g_train = torch.autograd.grad(
+            self._loss(dict(named), train_batch), ws, allow_unused=True, materialize_grads=True
+        )
         unrolled = []
         with torch.no_grad():
             for w, g in zip(ws, g_train, strict=True):
@@ -80,7 +82,10 @@ class Architect:
                     d = d + momentum * buf
                 unrolled.append((w - xi * d).requires_grad_(True))
         loss = self._loss(dict(zip(names, unrolled, strict=True)), val_batch)
-        grads = torch.autograd.grad(loss, alphas + unrolled)
+        # Ops with weight 0 do not run: their weights get zero gradients (allow_unused).
+        grads = torch.autograd.grad(
+            loss, alphas + unrolled, allow_unused=True, materialize_grads=True
+        )
         d_alpha, v = grads[: len(alphas)], grads[len(alphas) :]
         hvp = self.hessian_vector_product(names, ws, v, train_batch)
         return loss, [da - xi * h for da, h in zip(d_alpha, hvp, strict=True)]

@@ -116,3 +116,4 @@ class DartsSearch:
         self.w_optimizer.load_state_dict(state["w_optimizer"])
         self.a_optimizer.load_state_dict(state["a_optimizer"])
         self.epoch = state["epoch"]
+        self.lr = self.w_optimizer.param_groups[0]["lr"]

@@ -129,19 +129,21 @@ class DartsSuperNet(nn.Module):
 
 
 def derive_cell(w: torch.Tensor, edge_ops, steps: int, k: int = 2) -> list[tuple[str, int]]:
-    """Keep, for every node, the k incoming edges whose best non-none weight is largest."""
-    w = w.detach().float().cpu()
+    """Keep, for every node, the k incoming edges whose best non-none weight is largest.
+
+    As in the original code: edges are listed strongest first, and ties (between edges or ops)
+    go to the earlier one.
+    """
+    w = w.detach().double().cpu().tolist()
     edges = edge_list(steps)
     gene = []
     for node in range(2, steps + 2):
-        cand = []
+        best = {}  # input -> (weight, op) of its strongest non-none op
         for e, (j, to) in enumerate(edges):
-            if to != node:
-                continue
-            scores = [(w[e, o].item(), o) for o, name in enumerate(edge_ops[e]) if name != "none"]
-            best, o = max(scores)
-            cand.append((best, -j, edge_ops[e][o], j))
-        # Ties resolve to the earlier input, like the stable sort of the original code.
-        cand.sort(reverse=True)
-        gene.extend(sorted(((op, j) for _, _, op, j in cand[:k]), key=lambda t: t[1]))
+            if to == node:
+                ops = [o for o, name in enumerate(edge_ops[e]) if name != "none"]
+                o = max(ops, key=lambda o: w[e][o])  # max keeps the first of equal weights
+                best[j] = (w[e][o], edge_ops[e][o])
+        for j in sorted(best, key=lambda j: -best[j][0])[:k]:
+            gene.append((best[j][1], j))
     return gene

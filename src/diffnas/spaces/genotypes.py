@@ -98,6 +98,9 @@ def darts_from_json(d: dict) -> Genotype:
             f"DARTS genotype keys must be exactly {list(Genotype._fields)}; "
             f"missing {missing}, unexpected {extra}"
         )
+    for k in Genotype._fields:
+        if not isinstance(d[k], list):
+            raise GenotypeError(f"{k}: expected a JSON list, got {d[k]!r}")
     return validate_darts(
         Genotype(
             normal=[tuple(e) if isinstance(e, list) else e for e in d["normal"]],
