@@ -241,3 +241,19 @@ def test_darts_other_steps_and_multiplier(space_cfg):
     g = model.genotype(arch.weights())
     assert g.normal_concat == [3, 4] and g.reduce_concat == [3, 4]
     validate_darts(g, steps=3)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("size", [(8, 8), (7, 9)])
+def test_avg_pool_equals_torch_avg_pool(stride, size):
+    """The depthwise-conv average pool is nn.AvgPool2d(3, stride, 1, count_include_pad=False)."""
+    from diffnas.ops.cnn import AvgPool3x3
+
+    x = torch.randn(3, 5, *size, dtype=torch.float64, requires_grad=True)
+    ref = torch.nn.AvgPool2d(3, stride, 1, count_include_pad=False)(x)
+    out = AvgPool3x3(stride)(x)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(ref)
+    (gx_ref,) = torch.autograd.grad(ref, x, g)
+    (gx,) = torch.autograd.grad(out, x, g)
+    torch.testing.assert_close(gx, gx_ref)

@@ -38,6 +38,7 @@ class EpochBatches:
         train: bool,
         device: torch.device | str = "cpu",
         drop_last: bool = False,
+        memory_format: torch.memory_format = torch.contiguous_format,
     ):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -56,6 +57,7 @@ class EpochBatches:
         self.train = train
         self.device = torch.device(device)
         self.drop_last = drop_last
+        self.memory_format = memory_format
         self._x: torch.Tensor | None = None
         self._y: torch.Tensor | None = None
 
@@ -96,7 +98,8 @@ class EpochBatches:
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for i in range(len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            yield self.augment(x_all[idx], generator, self.train), y_all[idx]
+            x = self.augment(x_all[idx], generator, self.train)
+            yield x.contiguous(memory_format=self.memory_format), y_all[idx]
 
 
 def cycle_batches(batches: EpochBatches, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

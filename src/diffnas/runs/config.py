@@ -126,6 +126,11 @@ class RunConfig:
         50, "Training steps between progress lines and step records in `metrics.jsonl`.", min=1
     )
     progress: bool = setting(True, "Show a progress bar with loss, accuracy and speed.")
+    channels_last: bool = setting(
+        True,
+        "Keep images and the supernet in channels_last memory format (same math; measured "
+        "1.2-1.5x faster search steps on CPU, and the fast layout for tensor cores on GPU).",
+    )
 
 
 @dataclass

@@ -69,6 +69,8 @@ def build_search(cfg) -> SearchSetup:
     val = EpochBatches(ds, val_idx, bs, aug, train=True, device=device)
     val_eval = EpochBatches(ds, val_idx, cfg.data.eval_batch_size, None, train=False, device=device)
     model = build_supernet(cfg.space, ds.in_channels, ds.num_classes).to(device)
+    if cfg.run.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(cfg.run.seed)
     arch = ArchParameters(
         model.arch_shapes(), cfg.search.activation, cfg.search.alpha_init_std, gen
