@@ -1,6 +1,6 @@
 """Time one DARTS search step (alpha step + weight step) at paper size, and its peak memory.
 
-    python benchmarks/search_step.py [--steps 5] [--device cpu|cuda] [--channels-last]
+    python benchmarks/search_step.py [--steps 5] [--device cpu|cuda] [--no-channels-last]
 
 Each (space, order) runs in its own process so that peak memory is its own. Prints a table.
 """
@@ -88,7 +88,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument(
+        "--no-channels-last",
+        dest="channels_last",
+        action="store_false",
+        help="NCHW instead of channels_last (the search default)",
+    )
     p.add_argument("--spaces", default="nb201,darts")
     p.add_argument("--orders", default="1,2")
     p.add_argument("--child", help=argparse.SUPPRESS)

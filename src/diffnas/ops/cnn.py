@@ -26,15 +26,63 @@ class ReLUConvBN(nn.Sequential):
         )
 
 
+class DepthwiseConv2d(nn.Conv2d):
+    """A bias-free depthwise conv whose input gradient, at stride 1 on CPU, is computed as a
+    forward conv with the flipped kernel: the same numbers, 7-17x faster than the CPU backward
+    kernel (measured with 1 thread, 64x16x32x32)."""
+
+    def __init__(self, C, kernel, stride, padding, dilation=1):
+        super().__init__(C, C, kernel, stride, padding, dilation=dilation, groups=C, bias=False)
+        # The flip trick needs a 'same' convolution.
+        self._fast = stride == 1 and padding == dilation * (kernel - 1) // 2
+
+    def forward(self, x):
+        if self._fast and x.device.type == "cpu":
+            return _DepthwiseSame.apply(x, self.weight, self.padding, self.dilation)
+        return super().forward(x)
+
+
+class _DepthwiseSame(torch.autograd.Function):
+    """Stride-1 'same' depthwise conv with a fast input gradient (see DepthwiseConv2d)."""
+
+    @staticmethod
+    def forward(ctx, x, w, padding, dilation):
+        ctx.save_for_backward(x, w)
+        ctx.padding, ctx.dilation = padding, dilation
+        return F.conv2d(x, w, None, 1, padding, dilation, groups=w.shape[0])
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        gx = gw = None
+        if ctx.needs_input_grad[0]:
+            # The adjoint of a stride-1 'same' correlation is the correlation with the flipped
+            # kernel and the same padding.
+            gx = F.conv2d(g, w.flip(-1, -2), None, 1, ctx.padding, ctx.dilation, groups=w.shape[0])
+        if ctx.needs_input_grad[1]:
+            gw = torch.ops.aten.convolution_backward(
+                g,
+                x,
+                w,
+                None,
+                (1, 1),
+                ctx.padding,
+                ctx.dilation,
+                False,
+                (0, 0),
+                w.shape[0],
+                (False, True, False),
+            )[1]
+        return gx, gw, None, None
+
+
 class DilConv(nn.Sequential):
     """ReLU -> depthwise (dilated) conv -> pointwise conv -> BatchNorm."""
 
     def __init__(self, C_in, C_out, kernel, stride, padding, dilation, affine=True):
         super().__init__(
             nn.ReLU(inplace=False),
-            nn.Conv2d(
-                C_in, C_in, kernel, stride, padding, dilation=dilation, groups=C_in, bias=False
-            ),
+            DepthwiseConv2d(C_in, kernel, stride, padding, dilation),
             nn.Conv2d(C_in, C_out, 1, bias=False),
             nn.BatchNorm2d(C_out, affine=affine),
         )
@@ -121,8 +169,12 @@ class AvgPool3x3(nn.Module):
         inv = self._inv_count.get(key)
         if inv is None:
             ones = torch.ones(1, 1, *x.shape[-2:], device=x.device, dtype=x.dtype)
-            count = F.conv2d(ones, torch.ones(1, 1, 3, 3, device=x.device, dtype=x.dtype),
-                             stride=self.stride, padding=1)
+            count = F.conv2d(
+                ones,
+                torch.ones(1, 1, 3, 3, device=x.device, dtype=x.dtype),
+                stride=self.stride,
+                padding=1,
+            )
             inv = self._inv_count[key] = 1.0 / count
         return inv
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from diffnas.ops import FactorizedReduce, ReLUConvBN
 from diffnas.spaces.genotypes import DARTS_OPS, Genotype
-from diffnas.spaces.mixed import MixedOp, active_mask, sum_or_zeros
+from diffnas.spaces.mixed import MixedOp, StateCache, active_mask, sum_or_zeros
 
 
 def edge_list(steps: int) -> list[tuple[int, int]]:
@@ -44,13 +44,15 @@ class SearchCell(nn.Module):
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         B, C, H, W = states[1].shape
         shape = (B, C, (H + 1) // 2, (W + 1) // 2) if self.reduction else (B, C, H, W)
+        caches = [StateCache(h) for h in states]
         e = 0
         for _ in range(self.steps):
             terms = []
-            for h in states:
-                terms.append(self.ops[e](h, weights[e], active[e]))
+            for h, cache in zip(states, caches, strict=True):
+                terms.append(self.ops[e](h, weights[e], active[e], cache))
                 e += 1
             states.append(sum_or_zeros(terms, s1, shape))
+            caches.append(StateCache(states[-1]))
         return torch.cat(states[-self.multiplier :], dim=1)
 
 

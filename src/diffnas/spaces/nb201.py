@@ -11,7 +11,7 @@ from torch import nn
 
 from diffnas.ops import ReLUConvBN, make_op
 from diffnas.spaces.genotypes import NB201_OPS, NB201Genotype
-from diffnas.spaces.mixed import MixedOp, active_mask, sum_or_zeros
+from diffnas.spaces.mixed import MixedOp, StateCache, active_mask, sum_or_zeros
 
 EDGES = NB201Genotype.EDGES  # (from, to) in arch-string order; row k of the alphas is edge k
 
@@ -41,13 +41,15 @@ class SearchCell(nn.Module):
 
     def forward(self, x, weights, active):
         nodes = [x]
+        caches = [StateCache(x)]
         for j in range(1, 4):
             terms = [
-                self.edges[k](nodes[i], weights[k], active[k])
+                self.edges[k](nodes[i], weights[k], active[k], caches[i])
                 for k, (i, to) in enumerate(EDGES)
                 if to == j
             ]
             nodes.append(sum_or_zeros(terms, x, x.shape))
+            caches.append(StateCache(nodes[-1]))
         return nodes[-1]
 
 
