@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from importlib import resources
@@ -39,27 +40,48 @@ def _nb201_hook():
 
 
 def cmd_search(args) -> int:
-    """`diffnas search`: run or resume a search."""
-    from diffnas.runs.rundir import RunDir, resolve_out
-    from diffnas.search.loop import run_search
+    """`diffnas search`: run or resume a search (under torchrun: one process per rank)."""
+    from diffnas.runs.rundir import RunDir, RunDirError, resolve_out
+    from diffnas.search import distributed
+    from diffnas.search.loop import resolve_device, run_search
 
     if args.resume:
         if args.set or args.config or args.out:
             raise ConfigError("--resume uses the run's own config.toml; drop --config/--set/--out")
         run = RunDir.open_existing(args.resume)
         cfg = run.read_config()
+        distributed.init_from_env(resolve_device(cfg.run.device))
     else:
         cfg_path = args.config or _quickstart_config()
         overrides = list(args.set or [])
         if args.out:
             overrides.append(f"run.out={json.dumps(args.out)}")
         cfg = load_config(cfg_path, overrides)
-        cfg.run.out = str(resolve_out(cfg))
-        run = RunDir(cfg.run.out).create(cfg)
-        print(f"run directory: {run.path}" + ("" if args.config else " (quickstart config)"))
-    hooks = [h for h in [_nb201_hook()] if cfg.space.name == "nb201" and h]
+        distributed.init_from_env(resolve_device(cfg.run.device))
+        # The default name holds the time: rank 0's name for every rank; only rank 0 creates it.
+        cfg.run.out = distributed.broadcast_object(str(resolve_out(cfg)))
+        run = RunDir(cfg.run.out)
+        error = None
+        if distributed.is_main():
+            try:
+                run.create(cfg)
+            except RunDirError as e:
+                error = str(e)
+        # Every rank stops with rank 0's error, instead of waiting for it forever.
+        error = distributed.broadcast_object(error)
+        if error:
+            raise RunDirError(error)
+        if distributed.is_main():
+            print(f"run directory: {run.path}" + ("" if args.config else " (quickstart config)"))
+    main = distributed.is_main()
+    hooks = [h for h in [_nb201_hook()] if cfg.space.name == "nb201" and h] if main else []
     t0 = time.perf_counter()
-    genotype = run_search(cfg, run, resume=bool(args.resume), hooks=hooks)
+    try:
+        genotype = run_search(cfg, run, resume=bool(args.resume), hooks=hooks)
+    finally:
+        distributed.cleanup()
+    if not main:
+        return 0
     print(f"\nsearch finished in {time.perf_counter() - t0:.0f}s; genotype: {genotype}")
     print(f"written to {Path(run.path) / 'genotype.json'}")
     if hooks:
@@ -126,7 +148,9 @@ def main(argv=None) -> int:
         return 130
     except _user_errors() as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"diffnas: error: {msg}", file=sys.stderr)
+        # Under torchrun every rank meets the same error; one message is enough.
+        if os.environ.get("RANK", "0") == "0":
+            print(f"diffnas: error: {msg}", file=sys.stderr)
         return 2
 
 

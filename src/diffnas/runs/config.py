@@ -131,6 +131,22 @@ class RunConfig:
         "Keep images and the supernet in channels_last memory format (same math; measured "
         "1.2-1.5x faster search steps on CPU, and the fast layout for tensor cores on GPU).",
     )
+    sync_bn: bool = setting(
+        True,
+        "Multi-process runs (torchrun), where `data.batch_size` is the global batch split evenly "
+        "over the processes: batch norm normalises with the statistics of the whole global "
+        "batch, all-reduced over the processes, so N processes compute what one process computes "
+        "(to float rounding). false: each process uses its own shard's statistics (as "
+        "DistributedDataParallel does), with fewer all-reduces. No effect in a single process.",
+    )
+    dtype: str = setting(
+        "float32",
+        "Floating-point type of the supernet, the architecture parameters and the batches. "
+        "float64 costs several times more; it serves exact comparisons, e.g. of a run on N "
+        "processes with one on a single process, which float32 rounding, amplified over the "
+        "steps, keeps apart by up to a few percent.",
+        choices=("float32", "float64"),
+    )
 
 
 @dataclass

@@ -11,6 +11,13 @@ from torch.func import functional_call
 from diffnas.arch import ArchParameters
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# Turns this process's gradients into the global ones (an all-reduce mean under torch.distributed).
+GradReduce = Callable[[list[torch.Tensor]], list[torch.Tensor]]
+
+
+def no_reduce(grads: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The GradReduce of a single process: the gradients as they are."""
+    return grads
 
 
 class Architect:
@@ -22,6 +29,12 @@ class Architect:
     with w+- = w +- eps * dL_val(w', a)/dw' and eps = eps_scale / ||dL_val(w', a)/dw'||.
     All second-order passes go through `torch.func.functional_call` with cloned buffers, so
     neither the real weights nor the BN running statistics are modified by them.
+
+    `grad_reduce` makes per-process gradients global in data-parallel search: it is applied to
+    the alpha gradient of order 1 and, in order 2, to the train gradient of the virtual step, to
+    (dL_val/dalpha, v = dL_val/dw') before eps = eps_scale / ||v|| and the w+- steps, and to the
+    finite-difference alpha gradients; so every rank computes what one process would compute
+    on the global batch.
     """
 
     def __init__(
@@ -33,18 +46,20 @@ class Architect:
         loss_fn: LossFn,
         order: int = 1,
         eps_scale: float = 0.01,
+        grad_reduce: GradReduce | None = None,
     ):
         if order not in (1, 2):
             raise ValueError(f"order must be 1 or 2, got {order}")
         self.model, self.arch, self.loss_fn, self.order = model, arch, loss_fn, order
         self.a_optimizer, self.w_optimizer, self.eps_scale = a_optimizer, w_optimizer, eps_scale
+        self.grad_reduce = grad_reduce or no_reduce
 
     def step(self, train_batch, val_batch, xi: float) -> torch.Tensor:
         """One alpha step; returns the validation loss it was computed from (detached)."""
         alphas = list(self.arch.parameters())
         if self.order == 1:
             loss = self._loss(None, val_batch)
-            grads = torch.autograd.grad(loss, alphas)
+            grads = self.grad_reduce(list(torch.autograd.grad(loss, alphas)))
         else:
             loss, grads = self.second_order_grads(train_batch, val_batch, xi)
         for a, g in zip(alphas, grads, strict=True):
@@ -73,6 +88,7 @@ class Architect:
         g_train = torch.autograd.grad(
             self._loss(dict(named), train_batch), ws, allow_unused=True, materialize_grads=True
         )
+        g_train = self.grad_reduce(list(g_train))
         unrolled = []
         with torch.no_grad():
             for w, g in zip(ws, g_train, strict=True):
@@ -86,6 +102,7 @@ class Architect:
         grads = torch.autograd.grad(
             loss, alphas + unrolled, allow_unused=True, materialize_grads=True
         )
+        grads = self.grad_reduce(list(grads))
         d_alpha, v = grads[: len(alphas)], grads[len(alphas) :]
         hvp = self.hessian_vector_product(names, ws, v, train_batch)
         return loss, [da - xi * h for da, h in zip(d_alpha, hvp, strict=True)]
@@ -99,4 +116,4 @@ class Architect:
             with torch.no_grad():
                 params = {n: w + sign * eps * d for n, w, d in zip(names, ws, v, strict=True)}
             grads.append(torch.autograd.grad(self._loss(params, train_batch), alphas))
-        return [(gp - gm) / (2 * eps) for gp, gm in zip(*grads, strict=True)]
+        return self.grad_reduce([(gp - gm) / (2 * eps) for gp, gm in zip(*grads, strict=True)])

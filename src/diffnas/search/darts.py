@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffnas.arch import ArchParameters
+from diffnas.search import distributed
 from diffnas.search.architect import Architect
 
 
@@ -26,11 +27,14 @@ class DartsSearch:
     """The DARTS strategy: `step(train_batch, val_batch)`, `genotype()`, `state_dict()`.
 
     The weight learning rate follows a cosine schedule by epoch (a pure function of the epoch,
-    so resuming needs no scheduler state beyond the epoch number).
+    so resuming needs no scheduler state beyond the epoch number). Inside a process group each
+    rank gets its shard of the global batches; weight and alpha gradients and the metrics are
+    averaged over the ranks, so every rank takes the same steps.
     """
 
     def __init__(self, model: nn.Module, arch: ArchParameters, cfg):
         self.model, self.arch, self.cfg = model, arch, cfg
+        self.distributed = distributed.is_distributed()
         self.w_optimizer = torch.optim.SGD(
             [p for p in model.parameters() if p.requires_grad],
             lr=cfg.w_lr,
@@ -51,6 +55,7 @@ class DartsSearch:
             F.cross_entropy,
             cfg.order,
             cfg.unrolled_eps,
+            grad_reduce=distributed.all_reduce_mean if self.distributed else None,
         )
         self.epoch, self.lr = 0, cfg.w_lr
 
@@ -71,27 +76,49 @@ class DartsSearch:
         loss = F.cross_entropy(logits, y)
         self.w_optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.distributed:
+            # Ops with weight 0 never run and have no grad, the same ones on every rank.
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            for g, mean in zip(grads, distributed.all_reduce_mean(grads), strict=True):
+                g.copy_(mean)
         if self.cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.w_optimizer.step()
-        return {
+        metrics = {
             "train_loss": loss.item(),
             "train_acc": accuracy(logits, y),
             "val_loss": val_loss.item(),
         }
+        if self.distributed:
+            # Equal shards: the mean over ranks is the global batch's loss and accuracy.
+            t = torch.tensor(list(metrics.values()), dtype=torch.float64, device=y.device)
+            # BN running statistics are identical on all ranks under run.sync_bn (and stay so
+            # bitwise); with per-rank statistics, averaging keeps every rank's model the same.
+            bufs = [b for b in self.model.buffers() if b.is_floating_point()]
+            *means, t = distributed.all_reduce_mean([*bufs, t])
+            for b, mean in zip(bufs, means, strict=True):
+                b.copy_(mean)
+            metrics = dict(zip(metrics, t.tolist(), strict=True))
+        return metrics
 
     @torch.no_grad()
     def evaluate(self, batches) -> dict[str, float]:
-        """Supernet loss and accuracy over `batches`, in eval mode and without autograd."""
+        """Supernet loss and accuracy over `batches` (this rank's rows), eval mode, no autograd."""
         self.model.eval()
         weights = self.arch.weights()
         n, loss_sum, correct = 0, 0.0, 0
         for x, y in batches:
+            if len(y) == 0:  # a rank's share of a last batch smaller than the world
+                continue
             logits = self.model(x, weights)
             loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
             correct += (logits.argmax(-1) == y).sum().item()
             n += len(y)
         self.model.train()
+        if self.distributed:
+            device = next(self.model.parameters()).device
+            t = torch.tensor([n, loss_sum, correct], dtype=torch.float64, device=device)
+            n, loss_sum, correct = distributed.all_reduce_sum([t])[0].tolist()
         return {"valid_loss": loss_sum / max(n, 1), "valid_acc": 100.0 * correct / max(n, 1)}
 
     def genotype(self):

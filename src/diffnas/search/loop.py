@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -12,9 +12,11 @@ from diffnas.arch import ArchParameters
 from diffnas.data import Augment, EpochBatches, cycle_batches, load_images, split_indices
 from diffnas.runs.progress import Progress
 from diffnas.runs.rng import capture_rng, restore_rng, seed_everything
-from diffnas.search import STRATEGIES
+from diffnas.search import STRATEGIES, distributed
 from diffnas.spaces import build_supernet
 from diffnas.spaces.genotypes import genotype_to_json
+
+Batch = tuple[torch.Tensor, torch.Tensor]
 
 EpochHook = Callable[[object], dict]  # genotype -> extra metrics for the epoch record
 
@@ -42,13 +44,21 @@ class SearchSetup:
     val: EpochBatches
     val_eval: EpochBatches
     device: torch.device
+    dtype: torch.dtype = torch.float32
+
+    def batches(self, batches: Iterable[Batch], shard: bool = True) -> Iterator[Batch]:
+        """Global batches in the run's dtype, as this rank's shards (or, for eval, row splits)."""
+        for x, y in batches:
+            batch = (x.to(self.dtype), y)
+            yield distributed.shard(batch) if shard else distributed.split_rows(batch)
 
 
 def build_search(cfg) -> SearchSetup:
-    """Seed, load data, build the supernet, the alphas and the strategy."""
+    """Seed, load data, build the supernet, the alphas and the strategy (on every rank)."""
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
-    device = resolve_device(cfg.run.device)
+    device = distributed.init_from_env(resolve_device(cfg.run.device))
+    # Every rank seeds alike, so each builds the same model, alphas and global batches.
     seed_everything(cfg.run.seed)
     ds = load_images(cfg.data.dataset, "train", cfg.data.data_dir or None)
     n = min(cfg.data.limit, len(ds)) if cfg.data.limit else len(ds)
@@ -64,19 +74,26 @@ def build_search(cfg) -> SearchSetup:
         else None
     )
     bs = cfg.data.batch_size
+    distributed.check_batches({"train": len(train_idx), "val": len(val_idx)}, bs)
     # As in DARTS, the val half feeds the alpha steps with the same augmentation as training.
     train = EpochBatches(ds, train_idx, bs, aug, train=True, device=device)
     val = EpochBatches(ds, val_idx, bs, aug, train=True, device=device)
     val_eval = EpochBatches(ds, val_idx, cfg.data.eval_batch_size, None, train=False, device=device)
-    model = build_supernet(cfg.space, ds.in_channels, ds.num_classes).to(device)
+    dtype = getattr(torch, cfg.run.dtype)
+    model = build_supernet(cfg.space, ds.in_channels, ds.num_classes).to(device, dtype)
     if cfg.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if distributed.is_distributed() and cfg.run.sync_bn:
+        model = distributed.convert_sync_batchnorm(model)
     gen = torch.Generator().manual_seed(cfg.run.seed)
     arch = ArchParameters(
         model.arch_shapes(), cfg.search.activation, cfg.search.alpha_init_std, gen
-    ).to(device)
+    ).to(device, dtype)
+    # Identical already by seeding; rank 0's copy makes it certain (other torch builds, GPUs).
+    distributed.broadcast_module(model)
+    distributed.broadcast_module(arch)
     strategy = STRATEGIES.get(cfg.search.strategy)(model, arch, cfg.search)
-    return SearchSetup(strategy, train, val, val_eval, device)
+    return SearchSetup(strategy, train, val, val_eval, device, dtype)
 
 
 def run_search(
@@ -85,26 +102,37 @@ def run_search(
     resume: bool = False,
     hooks: Sequence[EpochHook] = (),
     log: Callable[[str], None] = print,
+    stop_after: int | None = None,
 ):
-    """Run (or resume) a search in run directory `run`; returns the final genotype."""
+    """Run (or resume) a search in run directory `run`; returns the genotype it ends with.
+
+    `stop_after` ends the run after that many epochs in all (a checkpoint, no `genotype.json`),
+    leaving it to be resumed later, possibly with another number of processes. Under torchrun
+    every rank calls this; only rank 0 writes `run` and calls `log` and the hooks.
+    """
     s = build_search(cfg)
+    main = distributed.is_main()
     strategy, start_epoch, global_step = s.strategy, 0, 0
     if resume:
-        state = run.load_checkpoint()
+        # Rank 0 reads the checkpoint (and cuts the logs back to it); the others get its bytes.
+        state = distributed.broadcast_object(run.load_checkpoint() if main else None)
         strategy.load_state_dict(state["strategy"])
         start_epoch, global_step = state["epoch"], state["global_step"]
         restore_rng(state["rng"])
-        log(f"resumed {run.path} at epoch {start_epoch}/{cfg.search.epochs}")
+        if main:
+            log(f"resumed {run.path} at epoch {start_epoch}/{cfg.search.epochs}")
     epochs = cfg.search.epochs
-    for epoch in range(start_epoch, epochs):
+    end_epoch = epochs if stop_after is None else min(stop_after, epochs)
+    for epoch in range(start_epoch, end_epoch):
         t0 = time.perf_counter()
         strategy.on_epoch_start(epoch)
-        val_stream = cycle_batches(s.val, epoch_seed(cfg.run.seed, epoch, 1))
+        # Every rank walks the same global batches and trains on its shard of each.
+        val_stream = s.batches(cycle_batches(s.val, epoch_seed(cfg.run.seed, epoch, 1)))
         bar = Progress(
-            s.train.epoch(epoch_seed(cfg.run.seed, epoch, 0)),
+            s.batches(s.train.epoch(epoch_seed(cfg.run.seed, epoch, 0))),
             len(s.train),
             desc=f"epoch {epoch + 1}/{epochs}",
-            enabled=cfg.run.progress,
+            enabled=cfg.run.progress and main,
             unit="step",
         )
         sums = {"train_loss": 0.0, "train_acc": 0.0, "val_loss": 0.0}
@@ -116,7 +144,7 @@ def run_search(
             for k in sums:
                 sums[k] += m[k]
             bar.update(loss=m["train_loss"], acc=m["train_acc"])
-            if global_step % cfg.run.log_every == 0:
+            if main and global_step % cfg.run.log_every == 0:
                 run.log_metrics(
                     {"kind": "step", "epoch": epoch, "step": global_step, "lr": strategy.lr, **m}
                 )
@@ -127,7 +155,9 @@ def run_search(
             "lr": strategy.lr,
             **{k: v / max(n_steps, 1) for k, v in sums.items()},
         }
-        record.update(strategy.evaluate(s.val_eval.epoch(0)))
+        record.update(strategy.evaluate(s.batches(s.val_eval.epoch(0), shard=False)))
+        if not main:
+            continue
         genotype = strategy.genotype()
         record["genotype"] = str(genotype)
         for hook in hooks:
@@ -147,7 +177,10 @@ def run_search(
         )
         log(_summary(record))
     genotype = strategy.genotype()
-    run.write_genotype(genotype_to_json(genotype))
+    if main and end_epoch == epochs:
+        run.write_genotype(genotype_to_json(genotype))
+    # When any rank returns, the run directory is complete.
+    distributed.barrier()
     return genotype
 
 

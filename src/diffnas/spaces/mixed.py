@@ -45,6 +45,8 @@ def weighted_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, w: torch.Tensor) ->
 
     Follows nn.BatchNorm2d.forward exactly (running statistics, momentum, eval mode).
     """
+    if type(bn) is not nn.BatchNorm2d:  # e.g. the synchronised BN of a distributed search
+        return bn(x) * w
     momentum = 0.0 if bn.momentum is None else bn.momentum
     if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
         bn.num_batches_tracked.add_(1)
