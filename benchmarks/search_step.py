@@ -14,41 +14,29 @@ import statistics
 import subprocess
 import sys
 import time
-import types
 
 import torch
 
 SPACES = {  # paper-size supernets: batch 64, C=16 (NB201: N=5; DARTS: 8 cells)
-    "nb201": dict(name="nb201", C=16, N=5, layers=8, steps=4, multiplier=4, stem_multiplier=3),
-    "darts": dict(name="darts", C=16, N=5, layers=8, steps=4, multiplier=4, stem_multiplier=3),
+    "nb201": dict(name="nb201", C=16, N=5),
+    "darts": dict(name="darts", C=16, layers=8),
 }
 
 
 def measure(space: str, order: int, steps: int, device: str, channels_last: bool) -> dict:
     """Median wall time of `steps` search steps after one warm-up step, and peak memory."""
     from diffnas.arch import ArchParameters
+    from diffnas.runs.config import SearchConfig, SpaceConfig
     from diffnas.search.darts import DartsSearch
     from diffnas.spaces import build_supernet
 
     torch.manual_seed(0)
     dev = torch.device(device)
-    model = build_supernet(types.SimpleNamespace(**SPACES[space]), 3, 10).to(dev)
+    model = build_supernet(SpaceConfig(**SPACES[space]), 3, 10).to(dev)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     arch = ArchParameters(model.arch_shapes()).to(dev)
-    cfg = types.SimpleNamespace(
-        w_lr=0.025,
-        w_lr_min=0.001,
-        w_momentum=0.9,
-        w_weight_decay=3e-4,
-        grad_clip=5.0,
-        alpha_lr=3e-4,
-        alpha_betas=[0.5, 0.999],
-        alpha_weight_decay=1e-3,
-        order=order,
-        unrolled_eps=0.01,
-        epochs=50,
-    )
+    cfg = SearchConfig(order=order)  # the DARTS defaults of ALGORITHMS.md 1.3
     search = DartsSearch(model, arch, cfg)
     search.on_epoch_start(0)
 
@@ -114,7 +102,7 @@ def main() -> None:
                 str(a.steps),
                 "--device",
                 a.device,
-            ] + (["--channels-last"] if a.channels_last else [])
+            ] + ([] if a.channels_last else ["--no-channels-last"])
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
     print(
