@@ -343,14 +343,19 @@ class WeightMap:
         return out
 
 
-def map_nb201(m: WeightMap, ours: nn.Module, theirs: nn.Module) -> None:
-    """Our NB201SuperNet -> xautodl TinyNetworkDarts."""
-    from diffnas.spaces.nb201 import EDGES, ResNetBasicBlock, SearchCell
-
+def map_stem(m: WeightMap, ours: nn.Module, theirs: nn.Module) -> None:
+    """The stem conv + BN (both spaces), and a check that the cell counts match."""
     m.conv("stem.conv", ours.stem[0], theirs.stem[0])
     m.bn("stem.bn", ours.stem[1], theirs.stem[1])
     if len(ours.cells) != len(theirs.cells):
         m.differ(f"cell count {len(ours.cells)} (ours) vs {len(theirs.cells)}")
+
+
+def map_nb201(m: WeightMap, ours: nn.Module, theirs: nn.Module) -> None:
+    """Our NB201SuperNet -> xautodl TinyNetworkDarts."""
+    from diffnas.spaces.nb201 import EDGES, ResNetBasicBlock, SearchCell
+
+    map_stem(m, ours, theirs)
     for i, (oc, tc) in enumerate(zip(ours.cells, theirs.cells, strict=False)):
         w = f"cells.{i}"
         if isinstance(oc, ResNetBasicBlock) and isinstance(tc, m.xa.ops.ResNetBasicblock):
@@ -380,10 +385,7 @@ def map_darts(m: WeightMap, ours: nn.Module, theirs: nn.Module) -> None:
     """Our DartsSuperNet -> xautodl NASNetworkDARTS."""
     from diffnas.ops.cnn import FactorizedReduce
 
-    m.conv("stem.conv", ours.stem[0], theirs.stem[0])
-    m.bn("stem.bn", ours.stem[1], theirs.stem[1])
-    if len(ours.cells) != len(theirs.cells):
-        m.differ(f"cell count {len(ours.cells)} (ours) vs {len(theirs.cells)}")
+    map_stem(m, ours, theirs)
     for i, (oc, tc) in enumerate(zip(ours.cells, theirs.cells, strict=False)):
         w = f"cells.{i}"
         if not isinstance(tc, m.xa.NASNetSearchCell) or oc.reduction != tc.reduction:
