@@ -153,7 +153,6 @@ def _first_edge(edge) -> dict:
 MALFORMED = [
     # (callable, argument, key phrase of the message)
     (darts_from_json, _first_edge(["sep_conv_9x9", 0]), "unknown op 'sep_conv_9x9'"),
-    (darts_from_json, _first_edge(["none", 0]), "'none' cannot be a selected op"),
     (darts_from_json, _first_edge(["sep_conv_3x3", 2]), "must be an int in [0, 1]"),
     (darts_from_json, _darts_with(V2_EDGES[:-1] + [["skip_connect", 5]]), "in [0, 4]"),
     (darts_from_json, _first_edge(["sep_conv_3x3", "0"]), "must be an int"),

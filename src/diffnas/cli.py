@@ -91,6 +91,101 @@ def cmd_search(args) -> int:
     return 0
 
 
+def _train_recipe(genotype) -> str:
+    """The embedded training recipe of the genotype's space (configs/train_<family>.toml)."""
+    from diffnas.spaces.final import space_family
+
+    return str(resources.files("diffnas") / "configs" / f"train_{space_family(genotype)}.toml")
+
+
+def _train_config(args):
+    """The resolved config of `diffnas train` / `diffnas info`: --config (or the recipe of the
+    genotype's space), then --set, then --genotype and --task."""
+    from diffnas.spaces.genotypes import load_genotype
+
+    overrides = list(args.set or [])
+    for key, value in (("genotype", args.genotype), ("task", getattr(args, "task", None))):
+        if value:
+            overrides.append(f"train.{key}={json.dumps(value)}")
+    cfg = load_config(args.config, overrides) if args.config else None
+    name = cfg.train.genotype if cfg else args.genotype
+    if not name:
+        raise ConfigError(
+            "no genotype to train: pass --genotype NAME_OR_FILE_OR_RUN_DIR (e.g. DARTS_V2; "
+            "`diffnas info --list` lists the published ones) or set train.genotype"
+        )
+    genotype = load_genotype(name)
+    if cfg is None:
+        cfg = load_config(_train_recipe(genotype), overrides)
+    return cfg, genotype
+
+
+def cmd_train(args) -> int:
+    """`diffnas train`: train a genotype's final network from scratch, or resume that."""
+    from diffnas.runs.rundir import RunDir, resolve_out
+    from diffnas.spaces.final import check_final_config, space_family
+    from diffnas.train import TASKS
+
+    if args.resume:
+        if args.set or args.config or args.out or args.genotype:
+            raise ConfigError("--resume uses the run's own config.toml; drop the other options")
+        run = RunDir.open_existing(args.resume)
+        cfg = run.read_config()
+    else:
+        cfg, genotype = _train_config(args)
+        check_final_config(genotype, cfg.train)  # before the run directory exists
+        if args.out:
+            cfg.run.out = args.out
+        run = RunDir(resolve_out(cfg, kind=f"train-{space_family(genotype)}")).create(cfg)
+        print(f"run directory: {run.path}")
+    t0 = time.perf_counter()
+    result = TASKS.get(cfg.train.task)(cfg, run, resume=bool(args.resume))
+    print(
+        f"\ntraining finished in {time.perf_counter() - t0:.0f}s: "
+        f"test accuracy {result['test_acc']:.2f} %, {result['params'] / 1e6:.3f}M parameters"
+    )
+    print(f"written to {Path(run.path) / 'result.json'}")
+    return 0
+
+
+def _parse_shape(text: str) -> tuple[int, int, int]:
+    parts = text.lower().split("x")
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ConfigError(f"--input {text!r}: expected CxHxW with positive integers, e.g. 3x32x32")
+    return tuple(int(p) for p in parts)
+
+
+def cmd_info(args) -> int:
+    """`diffnas info GENOTYPE`: parameters and multiply-adds of its final network."""
+    from diffnas.spaces.final import build_final_network, count_macs, count_params, space_family
+    from diffnas.spaces.published import GENOTYPES
+
+    if args.list or not args.genotype:
+        for name in GENOTYPES.names():
+            p = GENOTYPES.get(name)
+            params = f"{p.params_m}M" if p.params_m else "-"
+            print(f"{name:16s} {params:>6s}  {p.source}")
+        return 0
+    cfg, genotype = _train_config(args)
+    shape = _parse_shape(args.input)
+    model = build_final_network(genotype, cfg.train, shape[0], args.classes)
+    print(f"genotype: {genotype}")
+    depth = {"darts": f"train.layers={cfg.train.layers}", "nb201": f"train.N={cfg.train.N}"}
+    print(
+        f"network: {type(model).__name__} (train.C={cfg.train.C}, {depth[space_family(genotype)]})"
+    )
+    print(f"input: {'x'.join(map(str, shape))}, {args.classes} classes")
+    print(f"parameters: {count_params(model):,} ({count_params(model) / 1e6:.3f}M)")
+    print(f"parameters with the auxiliary head: {count_params(model, auxiliary=True):,}")
+    print(f"multiply-adds: {count_macs(model, shape) / 1e6:.1f}M")
+    if args.genotype in GENOTYPES:
+        p = GENOTYPES.get(args.genotype)
+        print(
+            f"source: {p.source}" + (f"; reported: {p.params_m}M parameters" if p.params_m else "")
+        )
+    return 0
+
+
 def cmd_bench(args) -> int:
     """`diffnas bench nb201 ARCH_OR_RUN_DIR`."""
     from diffnas.bench import describe
@@ -124,6 +219,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--resume", metavar="RUN_DIR", help="resume the run in RUN_DIR exactly")
     s.set_defaults(func=cmd_search)
+
+    t = sub.add_parser("train", help="train a genotype's final network from scratch")
+    t.add_argument(
+        "--genotype",
+        help="published name (e.g. DARTS_V2), NB201 string, Genotype(...) text, genotype.json "
+        "or run directory",
+    )
+    t.add_argument("--task", help="what to train (train.task); default: image")
+    t.add_argument(
+        "--config", help="TOML config (default: the paper recipe of the genotype's space)"
+    )
+    t.add_argument("--out", help="run directory (default runs/train-<space>-<dataset>-<time>)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    t.add_argument("--resume", metavar="RUN_DIR", help="resume the training in RUN_DIR exactly")
+    t.set_defaults(func=cmd_train)
+
+    i = sub.add_parser("info", help="parameters and multiply-adds of a genotype's final network")
+    i.add_argument("genotype", nargs="?", help="as for `train --genotype`; none: --list")
+    i.add_argument("--list", action="store_true", help="list the published genotypes")
+    i.add_argument("--config", help="TOML config sizing the network (default: the recipe)")
+    i.add_argument("--set", action="append", metavar="KEY=VALUE", help="e.g. train.C=16")
+    i.add_argument("--input", default="3x32x32", help="input shape CxHxW (default CIFAR's)")
+    i.add_argument("--classes", type=int, default=10, help="number of classes (default 10)")
+    i.set_defaults(func=cmd_info)
 
     b = sub.add_parser("bench", help="look up ground truth in a benchmark table")
     b.add_argument("table", choices=["nb201"])
@@ -159,10 +278,12 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from diffnas.bench.nb201 import BenchmarkError
     from diffnas.data import DataFormatError, DataNotFoundError
     from diffnas.runs.rundir import RunDirError
+    from diffnas.spaces.final import FinalNetworkError
     from diffnas.spaces.genotypes import GenotypeError
 
     return (
         ConfigError,
+        FinalNetworkError,
         RunDirError,
         GenotypeError,
         DataNotFoundError,

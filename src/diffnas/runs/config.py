@@ -23,6 +23,7 @@ IMAGE_DATASETS_FALLBACK = ("fashion_mnist", "cifar10", "cifar100", "synthetic")
 SPACES_FALLBACK = ("nb201", "darts", "s1", "s2", "s3", "s4")
 STRATEGIES_FALLBACK = ("darts",)
 ACTIVATIONS_FALLBACK = ("softmax",)
+TASKS_FALLBACK = ("image",)
 
 
 class ConfigError(ValueError):
@@ -254,6 +255,53 @@ class SearchConfig:
 
 
 @dataclass
+class TrainConfig:
+    """Final training of a genotype's network from scratch (`diffnas train`). The defaults are
+    the DARTS CIFAR-10 recipe; `diffnas train` without --config starts from the embedded recipe
+    of the genotype's space (`configs/train_darts.toml` or `configs/train_nb201.toml`), which
+    also sets `data.batch_size` (96 / 256) and `data.cutout` (16 / 0)."""
+
+    task: str = setting(
+        "image",
+        "What to train.",
+        choices=RegistryChoices("diffnas.train", "TASKS", TASKS_FALLBACK),
+    )
+    genotype: str = setting(
+        "",
+        "The genotype to train: a published name (`diffnas info --list`), an NB201 arch string, "
+        "Genotype(...) text, a genotype.json or a run directory. `--genotype` sets it.",
+    )
+    C: int = setting(36, "Channels of the first cell (DARTS) or of the first stage (NB201).", min=1)
+    layers: int = setting(
+        20, "DARTS network: number of cells; reductions at 1/3 and 2/3 of the depth.", min=3
+    )
+    N: int = setting(5, "NB201 network: cells per stage (three stages).", min=1)
+    epochs: int = setting(600, "Training epochs.", min=1)
+    lr: float = setting(0.025, "Initial learning rate (SGD, cosine-annealed to `lr_min`).", min=0)
+    lr_min: float = setting(0.0, "Final learning rate of the cosine schedule.", min=0)
+    momentum: float = setting(0.9, "SGD momentum.", min=0, max=1)
+    nesterov: bool = setting(False, "Nesterov momentum (the NB201 recipe uses it).")
+    weight_decay: float = setting(3e-4, "Weight decay.", min=0)
+    grad_clip: float = setting(
+        5.0, "Clip the gradient norm to this value; 0 disables clipping.", min=0
+    )
+    auxiliary_weight: float = setting(
+        0.4,
+        "DARTS network: weight of the auxiliary classifier's loss (head after the cell at 2/3 "
+        "of the depth, used only in training); 0 removes the head.",
+        min=0,
+    )
+    drop_path: float = setting(
+        0.2,
+        "DARTS network: final drop-path rate; epoch e drops every non-identity op's output "
+        "per sample with probability drop_path * e / epochs.",
+        min=0,
+        below=1,
+    )
+    label_smoothing: float = setting(0.0, "Label smoothing of the cross-entropy.", min=0, below=1)
+
+
+@dataclass
 class Config:
     """The whole configuration: one field per `[section]` of the TOML file."""
 
@@ -261,6 +309,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     space: SpaceConfig = field(default_factory=SpaceConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -46,12 +46,13 @@ class CheckpointError(RunDirError):
     """A checkpoint that is missing, truncated or corrupt; the message names the file."""
 
 
-def resolve_out(cfg: Config, now: datetime | None = None) -> Path:
-    """`run.out`, or `runs/<space>-<dataset>-<YYYYmmdd-HHMMSS>` when it is empty."""
+def resolve_out(cfg: Config, now: datetime | None = None, kind: str | None = None) -> Path:
+    """`run.out`, or `runs/<kind>-<dataset>-<YYYYmmdd-HHMMSS>` when it is empty; `kind`
+    defaults to the space's name."""
     if cfg.run.out:
         return Path(cfg.run.out)
     stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{cfg.space.name}-{cfg.data.dataset}-{stamp}"
+    return Path("runs") / f"{kind or cfg.space.name}-{cfg.data.dataset}-{stamp}"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -165,6 +166,13 @@ class RunDir:
         self._append_line(
             GENOTYPES_FILE, {"time": time.time(), "epoch": epoch, "genotype": genotype_json}
         )
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """The records of `metrics.jsonl`, oldest first ([] when there is none)."""
+        path = self.path / METRICS_FILE
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def write_json(self, name: str, obj: Any) -> Path:
         """Write `obj` as the JSON file `name` in the run directory, atomically; return its path."""

@@ -22,17 +22,25 @@ def edge_list(steps: int) -> list[tuple[int, int]]:
     return [(j, i + 2) for i in range(steps) for j in range(i + 2)]
 
 
+def cell_preprocess(
+    C_pp, C_p, C, reduction_prev: bool, affine: bool
+) -> tuple[nn.Module, nn.Module]:
+    """The modules that bring a cell's two inputs to C channels (and, after a reduction cell,
+    the older input to the new resolution)."""
+    if reduction_prev:
+        p0 = FactorizedReduce(C_pp, C, affine=affine)
+    else:
+        p0 = ReLUConvBN(C_pp, C, 1, 1, 0, affine=affine)
+    return p0, ReLUConvBN(C_p, C, 1, 1, 0, affine=affine)
+
+
 class SearchCell(nn.Module):
     """A DARTS search cell: every node sums mixed edges from all earlier states."""
 
     def __init__(self, steps, multiplier, C_pp, C_p, C, reduction, reduction_prev, edge_ops):
         super().__init__()
         self.reduction = reduction
-        if reduction_prev:
-            self.preprocess0 = FactorizedReduce(C_pp, C, affine=False)
-        else:
-            self.preprocess0 = ReLUConvBN(C_pp, C, 1, 1, 0, affine=False)
-        self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0, affine=False)
+        self.preprocess0, self.preprocess1 = cell_preprocess(C_pp, C_p, C, reduction_prev, False)
         self.steps, self.multiplier = steps, multiplier
         self.edges = edge_list(steps)
         self.ops = nn.ModuleList(

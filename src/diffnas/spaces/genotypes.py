@@ -32,7 +32,11 @@ Genotype = namedtuple("Genotype", "normal normal_concat reduce reduce_concat")
 
 
 def validate_darts(g: Genotype, steps: int | None = None, ops=DARTS_ALL_OPS) -> Genotype:
-    """Check a DARTS genotype; return it with lists normalised. Raises GenotypeError."""
+    """Check a DARTS genotype; return it with lists normalised. Raises GenotypeError.
+
+    `none` is allowed (an edge that contributes nothing): the DARTS rule never picks it, but
+    single-path methods such as EN²AS can, and the final network builds it as a zero op.
+    """
     out = {}
     for kind in ("normal", "reduce"):
         edges = getattr(g, kind)
@@ -53,8 +57,6 @@ def validate_darts(g: Genotype, steps: int | None = None, ops=DARTS_ALL_OPS) -> 
             node = k // 2
             if op not in ops:
                 raise GenotypeError(f"{kind}[{k}]: unknown op {op!r}; allowed: {', '.join(ops)}")
-            if op == "none":
-                raise GenotypeError(f"{kind}[{k}]: 'none' cannot be a selected op")
             if isinstance(inp, bool) or not isinstance(inp, int) or not 0 <= inp < node + 2:
                 raise GenotypeError(
                     f"{kind}[{k}]: input {inp!r} of intermediate node {node} must be an "
@@ -221,16 +223,22 @@ def genotype_from_json(d: dict):
 
 
 def load_genotype(text_or_path: str):
-    """A genotype from a path to genotype.json, JSON text, an NB201 string or Genotype(...) text."""
+    """A genotype from a published name (`DARTS_V2`, see `diffnas.spaces.published`), a path to
+    genotype.json or a run directory, JSON text, an NB201 string or Genotype(...) text."""
+    from diffnas.spaces.published import GENOTYPES  # it imports this module
+
     text = text_or_path.strip()
+    if text in GENOTYPES:
+        return GENOTYPES.get(text).genotype
     if not text.startswith(("|", "{", "Genotype(")):
         p = Path(text)
         if p.is_dir():
             p = p / "genotype.json"
         if not p.is_file():
             raise GenotypeError(
-                f"{text!r} is not an NB201 string, Genotype(...) text, JSON, "
-                f"nor an existing genotype.json or run directory"
+                f"{text!r} is not a published genotype ({', '.join(GENOTYPES.names())}), an "
+                f"NB201 string, Genotype(...) text, JSON, nor an existing genotype.json or run "
+                f"directory"
             )
         text = p.read_text()
     text = text.strip()

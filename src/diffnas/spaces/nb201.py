@@ -128,8 +128,10 @@ class NB201Net(_Macro):
         super().__init__(lambda c: FixedCell(c, genotype), C, N, in_channels, num_classes)
         self.genotype = genotype
 
-    def forward(self, x):
+    def forward(self, x, with_aux: bool = False):
+        """Logits; with `with_aux`, (logits, None): the NB201 network has no auxiliary head."""
         x = self.stem(x)
         for cell in self.cells:
             x = cell(x)
-        return self.head(x)
+        logits = self.head(x)
+        return (logits, None) if with_aux else logits

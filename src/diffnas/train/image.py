@@ -1,0 +1,208 @@
+"""Image classification: train a genotype's final network from scratch, with exact resume.
+
+Trains on the whole training split (`data.limit` caps it) and reports loss and accuracy on the
+test split after every epoch. The run directory gets `metrics.jsonl` (one record per epoch),
+`genotype.json`, checkpoints after every epoch, and `result.json` at the end (final test
+accuracy, parameter count, multiply-adds).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffnas.data import Augment, EpochBatches, load_images
+from diffnas.runs.progress import Progress
+from diffnas.runs.rng import capture_rng, restore_rng, seed_everything
+from diffnas.search.darts import accuracy, cosine_lr
+from diffnas.search.loop import epoch_seed, resolve_device
+from diffnas.spaces.final import build_final_network, count_macs, count_params
+from diffnas.spaces.genotypes import genotype_to_json, load_genotype
+
+RESULT_FILE = "result.json"
+
+
+class ImageTrainer:
+    """The network, its optimiser and one epoch of training or evaluation."""
+
+    def __init__(self, model: nn.Module, cfg):
+        self.model, self.cfg = model, cfg
+        self.optimizer = torch.optim.SGD(
+            model.parameters(),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            nesterov=cfg.nesterov,
+        )
+
+    def start_epoch(self, epoch: int) -> dict[str, float]:
+        """Set the epoch's learning rate (cosine) and drop-path rate (linear ramp)."""
+        lr = cosine_lr(epoch, self.cfg.epochs, self.cfg.lr, self.cfg.lr_min)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        drop = self.cfg.drop_path * epoch / self.cfg.epochs
+        self.model.drop_path_prob = drop
+        return {"lr": lr, "drop_path": drop}
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy with the configured label smoothing."""
+        return F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        """One SGD step; the auxiliary head's loss joins with its weight. Returns (loss, acc)."""
+        self.model.train()
+        logits, aux = self.model(x, with_aux=True)
+        loss = self.loss(logits, y)
+        total = loss if aux is None else loss + self.cfg.auxiliary_weight * self.loss(aux, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if self.cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        return loss.item(), accuracy(logits, y)
+
+    @torch.no_grad()
+    def evaluate(self, batches) -> dict[str, float]:
+        """Test loss and accuracy in eval mode (no drop-path, no auxiliary head, BN statistics)."""
+        self.model.eval()
+        n, loss_sum, correct = 0, 0.0, 0
+        for x, y in batches:
+            logits = self.model(x)
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += (logits.argmax(-1) == y).sum().item()
+            n += len(y)
+        self.model.train()
+        return {"test_loss": loss_sum / max(n, 1), "test_acc": 100.0 * correct / max(n, 1)}
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Inverse of state_dict."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+def train_image(
+    cfg,
+    run,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+    stop_after: int | None = None,
+) -> dict:
+    """Train (or resume) the final network of `cfg.train.genotype` in run directory `run`.
+
+    `stop_after` ends the run after that many epochs in all (a checkpoint, no result), to be
+    resumed later. Returns the result record (also written to `result.json` when finished).
+    """
+    t_start = time.perf_counter()
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    device = resolve_device(cfg.run.device)
+    dtype = getattr(torch, cfg.run.dtype)
+    genotype = load_genotype(cfg.train.genotype)
+    seed_everything(cfg.run.seed)
+    train_ds = load_images(cfg.data.dataset, "train", cfg.data.data_dir or None)
+    test_ds = load_images(cfg.data.dataset, "test", cfg.data.data_dir or None)
+    n = min(cfg.data.limit, len(train_ds)) if cfg.data.limit else len(train_ds)
+    memory_format = torch.channels_last if cfg.run.channels_last else torch.contiguous_format
+    aug = (
+        Augment(train_ds.mean, train_ds.std, pad=4, flip=True, cutout=cfg.data.cutout)
+        if cfg.data.augment
+        else None
+    )
+    train = EpochBatches(
+        train_ds, torch.arange(n), cfg.data.batch_size, aug, True, device, False, memory_format
+    )
+    # Test images are normalised with the training split's statistics.
+    test_aug = Augment(train_ds.mean, train_ds.std, pad=0, flip=False)
+    test = EpochBatches(
+        test_ds,
+        torch.arange(len(test_ds)),
+        cfg.data.eval_batch_size,
+        test_aug,
+        False,
+        device,
+        False,
+        memory_format,
+    )
+    model = build_final_network(genotype, cfg.train, train_ds.in_channels, train_ds.num_classes)
+    model = model.to(device, dtype, memory_format=memory_format)
+    trainer = ImageTrainer(model, cfg.train)
+    shape = (train_ds.in_channels, train_ds.image_size, train_ds.image_size)
+    sizes = {
+        "params": count_params(model),
+        "params_with_aux": count_params(model, auxiliary=True),
+        "macs": count_macs(model, shape),
+    }
+    start_epoch = 0
+    if resume:
+        state = run.load_checkpoint()
+        trainer.load_state_dict(state["trainer"])
+        start_epoch = state["epoch"]
+        restore_rng(state["rng"])
+        log(f"resumed {run.path} at epoch {start_epoch}/{cfg.train.epochs}")
+    else:
+        run.write_genotype(genotype_to_json(genotype))
+        log(
+            f"{type(model).__name__} of {genotype}: {sizes['params'] / 1e6:.3f}M parameters"
+            f" ({sizes['params_with_aux'] / 1e6:.3f}M with the auxiliary head)"
+        )
+    epochs = cfg.train.epochs
+    end_epoch = epochs if stop_after is None else min(stop_after, epochs)
+    record = {}
+    for epoch in range(start_epoch, end_epoch):
+        t0 = time.perf_counter()
+        schedule = trainer.start_epoch(epoch)
+        bar = Progress(
+            train.epoch(epoch_seed(cfg.run.seed, epoch, 0)),
+            len(train),
+            desc=f"epoch {epoch + 1}/{epochs}",
+            enabled=cfg.run.progress,
+            unit="step",
+        )
+        loss_sum = acc_sum = 0.0
+        for x, y in bar:
+            loss, acc = trainer.step(x.to(dtype), y)
+            loss_sum, acc_sum = loss_sum + loss, acc_sum + acc
+            bar.update(loss=loss, acc=acc)
+        steps = max(len(train), 1)
+        record = {
+            "kind": "epoch",
+            "epoch": epoch,
+            **schedule,
+            "train_loss": loss_sum / steps,
+            "train_acc": acc_sum / steps,
+            **trainer.evaluate((x.to(dtype), y) for x, y in test.epoch(0)),
+            "epoch_time_s": time.perf_counter() - t0,
+        }
+        run.log_metrics(record)
+        run.save_checkpoint(
+            {"trainer": trainer.state_dict(), "epoch": epoch + 1, "rng": capture_rng()}
+        )
+        log(
+            f"epoch {epoch + 1}: train_loss={record['train_loss']:.4f} "
+            f"train_acc={record['train_acc']:.2f} test_acc={record['test_acc']:.2f} "
+            f"({record['epoch_time_s']:.1f}s)"
+        )
+    if end_epoch < epochs:
+        return record
+    if not record:  # resumed a finished run: its last epoch record is the result
+        record = run.read_metrics()[-1]
+    result = {
+        "genotype": str(genotype),
+        "network": type(model).__name__,
+        "epochs": epochs,
+        "test_acc": record["test_acc"],
+        "test_loss": record["test_loss"],
+        **sizes,
+        "input_shape": list(shape),
+        "wall_s_this_session": time.perf_counter() - t_start,
+    }
+    run.write_json(RESULT_FILE, result)
+    return result
