@@ -7,6 +7,7 @@ node by node (node i has inputs 0..i+1), column o the weight of the edge's o-th 
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 
 import torch
@@ -157,3 +158,19 @@ def derive_cell(w: torch.Tensor, edge_ops, steps: int, k: int = 2) -> list[tuple
         for j in sorted(best, key=lambda j: -best[j][0])[:k]:
             gene.append((best[j][1], j))
     return gene
+
+
+def random_genotype(rng: random.Random, steps: int = 4, ops: Sequence[str] = DARTS_OPS) -> Genotype:
+    """A uniformly random DARTS-space genotype: per node two distinct inputs, each with a random
+    op other than `none` (the cells the DARTS rule can derive)."""
+    choices = [o for o in ops if o != "none"]
+
+    def cell():
+        return [
+            (rng.choice(choices), j)
+            for node in range(steps)
+            for j in sorted(rng.sample(range(node + 2), 2))
+        ]
+
+    concat = list(range(2, steps + 2))
+    return Genotype(cell(), concat, cell(), concat)
