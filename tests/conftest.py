@@ -1,12 +1,13 @@
-"""Tiny shared fixtures: float64 scope, random image batches, config namespaces."""
+"""Tiny shared fixtures: float64 scope, random image batches, config sections."""
 
 from __future__ import annotations
 
-import types
 from collections.abc import Callable, Iterator
 
 import pytest
 import torch
+
+from diffnas.runs.config import SearchConfig, SpaceConfig
 
 
 @pytest.fixture
@@ -34,18 +35,18 @@ def make_batch() -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
 
 
 @pytest.fixture
-def space_cfg() -> Callable[..., types.SimpleNamespace]:
+def space_cfg() -> Callable[..., SpaceConfig]:
     """Factory: a tiny `[space]` config section."""
 
     def make(name="darts", **kw):
         base = dict(name=name, C=4, N=1, layers=3, steps=4, multiplier=4, stem_multiplier=3)
-        return types.SimpleNamespace(**{**base, **kw})
+        return SpaceConfig(**{**base, **kw})
 
     return make
 
 
 @pytest.fixture
-def search_cfg() -> Callable[..., types.SimpleNamespace]:
+def search_cfg() -> Callable[..., SearchConfig]:
     """Factory: a `[search]` config section for DartsSearch (DARTS defaults, faster alphas)."""
 
     def make(**kw):
@@ -54,6 +55,6 @@ def search_cfg() -> Callable[..., types.SimpleNamespace]:
             alpha_lr=3e-2, alpha_betas=(0.5, 0.999), alpha_weight_decay=1e-3, order=1,
             unrolled_eps=0.01, epochs=4,
         )
-        return types.SimpleNamespace(**{**base, **kw})
+        return SearchConfig(**{**base, **kw})
 
     return make

@@ -202,6 +202,11 @@ class SpaceConfig:
     stem_multiplier: int = setting(
         3, "Output channels of the stem convolution, as a multiple of `C`.", min=1
     )
+    node_bn: bool = setting(
+        False,
+        "A BatchNorm without affine after each intermediate node's sum (DARTS-PRIME's statebn, "
+        "meant for `search.activation = 'clip'`, whose edge weights do not sum to 1).",
+    )
 
 
 @dataclass
@@ -243,7 +248,10 @@ class SearchConfig:
     )
     activation: str = setting(
         "softmax",
-        "How architecture parameters become edge weights.",
+        "How architecture parameters become edge weights: `softmax` over each edge's ops "
+        "(DARTS), or `clip` (DARTS-PRIME: w = clip(alpha, 0, 1) per op, alphas start at 1/|O|, "
+        "no `none` op, and an op whose alpha reaches 0 is pruned for good, so the supernet "
+        "gets cheaper as the search goes).",
         choices=RegistryChoices("diffnas.arch", "ACTIVATIONS", ACTIVATIONS_FALLBACK),
     )
     unrolled_eps: float = setting(
@@ -251,6 +259,52 @@ class SearchConfig:
         "Second order: finite-difference scale of the Hessian-vector product, divided by the "
         "norm of the validation loss's gradient with respect to the weights.",
         min=0,
+    )
+    alpha_schedule: str = setting(
+        "every",
+        "When to take an alpha step: `every` iteration (DARTS), every `alpha_every`-th "
+        "(`static`), or DARTS-PRIME's Fisher-informed `fisher` schedule (an alpha step when the "
+        "smoothed squared norm of the weight gradient is below an adaptive threshold; about one "
+        "alpha step per `alpha_every` weight-only steps).",
+        choices=RegistryChoices("diffnas.search.schedules", "ALPHA_SCHEDULES", ("every",)),
+    )
+    alpha_every: int = setting(
+        10, "`static` and `fisher` schedules: f, the weight steps per alpha step.", min=1
+    )
+    match_split: bool = setting(
+        False,
+        "With the `static` or `fisher` schedule: split the data f:1 (train_portion = f/(f+1), "
+        "DARTS-PRIME's dyno_split) instead of `data.train_portion`, since alpha sees f times "
+        "fewer batches.",
+    )
+    fisher_ewma: float = setting(
+        0.2,
+        "`fisher` schedule: weight of the newest gradient norm in its moving average.",
+        min=0,
+        max=1,
+    )
+    fisher_tau0: float = setting(1.0, "`fisher` schedule: initial threshold.", min=0)
+    fisher_factor: float = setting(
+        1.05,
+        "`fisher` schedule: the threshold grows by this factor after each iteration without an "
+        "alpha step and shrinks by its f-th power after one with.",
+        min=1,
+    )
+    regularizer: str = setting(
+        "none",
+        "Term added to the validation loss pulling the weights toward a discrete genotype: "
+        "`prox` ((t/T) rho/2 ||w - P(w)||_F) or `admm` (rho/2 ||(w - Z + U) * mask||_F with ADMM "
+        "updates of Z and U); P(w) is the one-hot current genotype.",
+        choices=RegistryChoices("diffnas.search.regularizers", "REGULARIZERS", ("none",)),
+    )
+    reg_rho: float = setting(0.1, "rho of the `prox` and `admm` regularisers.", min=0)
+    admm_every: int = setting(10, "`admm`: alpha steps between updates of Z and U.", min=1)
+    admm_gamma: float = setting(
+        0.2,
+        "`admm`: U <- gamma * U + (alpha - Z); 1 is textbook scaled ADMM, 0.2 DARTS-PRIME's "
+        "default.",
+        min=0,
+        max=1,
     )
 
 

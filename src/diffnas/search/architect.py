@@ -47,21 +47,30 @@ class Architect:
         order: int = 1,
         eps_scale: float = 0.01,
         grad_reduce: GradReduce | None = None,
+        penalty: Callable[[], torch.Tensor | None] | None = None,
     ):
         if order not in (1, 2):
             raise ValueError(f"order must be 1 or 2, got {order}")
         self.model, self.arch, self.loss_fn, self.order = model, arch, loss_fn, order
         self.a_optimizer, self.w_optimizer, self.eps_scale = a_optimizer, w_optimizer, eps_scale
         self.grad_reduce = grad_reduce or no_reduce
+        self.penalty = penalty or (lambda: None)
 
     def step(self, train_batch, val_batch, xi: float) -> torch.Tensor:
-        """One alpha step; returns the validation loss it was computed from (detached)."""
+        """One alpha step; returns the validation loss it was computed from (detached; with the
+        penalty, when there is one)."""
         alphas = list(self.arch.parameters())
         if self.order == 1:
             loss = self._loss(None, val_batch)
             grads = self.grad_reduce(list(torch.autograd.grad(loss, alphas)))
         else:
             loss, grads = self.second_order_grads(train_batch, val_batch, xi)
+        # A regulariser of the alphas alone (identical on every rank): its gradient just adds.
+        term = self.penalty()
+        if term is not None:
+            extra = torch.autograd.grad(term, alphas, allow_unused=True, materialize_grads=True)
+            grads = [g + e for g, e in zip(grads, extra, strict=True)]
+            loss = loss + term
         for a, g in zip(alphas, grads, strict=True):
             a.grad = g
         self.a_optimizer.step()

@@ -11,6 +11,8 @@ from torch import nn
 from diffnas.arch import ArchParameters
 from diffnas.search import distributed
 from diffnas.search.architect import Architect
+from diffnas.search.regularizers import REGULARIZERS, distance_to_discrete
+from diffnas.search.schedules import ALPHA_SCHEDULES
 
 
 def cosine_lr(epoch: int, epochs: int, lr: float, lr_min: float) -> float:
@@ -32,8 +34,11 @@ class DartsSearch:
     averaged over the ranks, so every rank takes the same steps.
     """
 
-    def __init__(self, model: nn.Module, arch: ArchParameters, cfg):
+    def __init__(self, model: nn.Module, arch: ArchParameters, cfg, steps_per_epoch: int = 1):
         self.model, self.arch, self.cfg = model, arch, cfg
+        self.steps_per_epoch = max(steps_per_epoch, 1)
+        self.schedule = ALPHA_SCHEDULES.get(cfg.alpha_schedule)(cfg)
+        self.regularizer = REGULARIZERS.get(cfg.regularizer)(cfg, model, arch)
         self.distributed = distributed.is_distributed()
         self.w_optimizer = torch.optim.SGD(
             [p for p in model.parameters() if p.requires_grad],
@@ -56,20 +61,36 @@ class DartsSearch:
             cfg.order,
             cfg.unrolled_eps,
             grad_reduce=distributed.all_reduce_mean if self.distributed else None,
+            penalty=lambda: self.regularizer.penalty(self.progress),
         )
         self.epoch, self.lr = 0, cfg.w_lr
+        self.epoch_step = 0  # steps taken in the current epoch
+        self.last_penalty = 0.0
+
+    @property
+    def progress(self) -> float:
+        """t/T: the fraction of the search done (fractional epochs / epochs)."""
+        return (self.epoch + self.epoch_step / self.steps_per_epoch) / self.cfg.epochs
 
     def on_epoch_start(self, epoch: int) -> None:
         """Set the epoch's weight learning rate."""
-        self.epoch = epoch
+        self.epoch, self.epoch_step = epoch, 0
         self.lr = cosine_lr(epoch, self.cfg.epochs, self.cfg.w_lr, self.cfg.w_lr_min)
         for g in self.w_optimizer.param_groups:
             g["lr"] = self.lr
 
     def step(self, train_batch, val_batch) -> dict[str, float]:
-        """One alpha step (val batch), then one weight step (train batch)."""
+        """An alpha step on a val batch when the schedule says so, then one weight step.
+
+        `val_batch` is a batch, or a function returning the next one: then a val batch is only
+        drawn for the iterations that take an alpha step. The metrics have `val_loss` only then.
+        """
         self.model.train()
-        val_loss = self.architect.step(train_batch, val_batch, xi=self.lr)
+        val_loss = None
+        if self.schedule.take_alpha_step():
+            batch = val_batch() if callable(val_batch) else val_batch
+            val_loss = self.architect.step(train_batch, batch, xi=self.lr)
+            self.regularizer.after_alpha_step()
         x, y = train_batch
         weights = {k: w.detach() for k, w in self.arch.weights().items()}
         logits = self.model(x, weights)
@@ -81,14 +102,20 @@ class DartsSearch:
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]
             for g, mean in zip(grads, distributed.all_reduce_mean(grads), strict=True):
                 g.copy_(mean)
+        if self.schedule.needs_fisher:
+            # The trace of the empirical Fisher: the squared norm of the (global) weight
+            # gradient, before clipping.
+            with torch.no_grad():
+                grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+                self.schedule.observe(sum(g.pow(2).sum() for g in grads).item())
         if self.cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.w_optimizer.step()
-        metrics = {
-            "train_loss": loss.item(),
-            "train_acc": accuracy(logits, y),
-            "val_loss": val_loss.item(),
-        }
+        self.arch.prune()  # no-op unless the activation prunes
+        self.epoch_step += 1
+        metrics = {"train_loss": loss.item(), "train_acc": accuracy(logits, y)}
+        if val_loss is not None:
+            metrics["val_loss"] = val_loss.item()
         if self.distributed:
             # Equal shards: the mean over ranks is the global batch's loss and accuracy.
             t = torch.tensor(list(metrics.values()), dtype=torch.float64, device=y.device)
@@ -134,6 +161,8 @@ class DartsSearch:
             "w_optimizer": self.w_optimizer.state_dict(),
             "a_optimizer": self.a_optimizer.state_dict(),
             "epoch": self.epoch,
+            "schedule": self.schedule.state_dict(),
+            "regularizer": self.regularizer.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -144,3 +173,18 @@ class DartsSearch:
         self.a_optimizer.load_state_dict(state["a_optimizer"])
         self.epoch = state["epoch"]
         self.lr = self.w_optimizer.param_groups[0]["lr"]
+        self.schedule.load_state_dict(state["schedule"])
+        self.regularizer.load_state_dict(state["regularizer"])
+
+    @torch.no_grad()
+    def arch_metrics(self) -> dict:
+        """Per-epoch architecture record: active (unpruned) ops per cell type, alpha steps taken
+        so far, the regulariser's current value, and the distance to the discrete genotype."""
+        weights = self.arch.weights()
+        penalty = self.regularizer.penalty(self.progress)
+        return {
+            "active_ops": {k: int(m.sum().item()) for k, m in self.arch.masks().items()},
+            "alpha_steps": self.schedule.alpha_steps,
+            "regularizer": 0.0 if penalty is None else penalty.item(),
+            "discrete_distance": distance_to_discrete(weights, self.model.project(weights)).item(),
+        }

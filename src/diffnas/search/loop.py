@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from diffnas.arch import ArchParameters
+from diffnas.arch import ACTIVATIONS, ArchParameters
 from diffnas.data import Augment, EpochBatches, cycle_batches, load_images, split_indices
 from diffnas.runs.progress import Progress
 from diffnas.runs.rng import capture_rng, restore_rng, seed_everything
@@ -28,6 +29,14 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("run.device = 'cuda' but no CUDA device is available; use 'cpu'")
     return torch.device(name)
+
+
+def train_portion(search_cfg, portion: float) -> float:
+    """`data.train_portion`, or f/(f+1) when `search.match_split` pairs the split with an
+    alpha step every f iterations."""
+    if search_cfg.match_split and search_cfg.alpha_schedule != "every":
+        return search_cfg.alpha_every / (search_cfg.alpha_every + 1)
+    return portion
 
 
 def epoch_seed(seed: int, epoch: int, stream: int) -> int:
@@ -62,7 +71,7 @@ def build_search(cfg) -> SearchSetup:
     seed_everything(cfg.run.seed)
     ds = load_images(cfg.data.dataset, "train", cfg.data.data_dir or None)
     n = min(cfg.data.limit, len(ds)) if cfg.data.limit else len(ds)
-    train_idx, val_idx = split_indices(n, cfg.data.train_portion)
+    train_idx, val_idx = split_indices(n, train_portion(cfg.search, cfg.data.train_portion))
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise ValueError(
             f"data.limit={cfg.data.limit} with data.train_portion={cfg.data.train_portion} leaves "
@@ -80,7 +89,9 @@ def build_search(cfg) -> SearchSetup:
     val = EpochBatches(ds, val_idx, bs, aug, train=True, device=device)
     val_eval = EpochBatches(ds, val_idx, cfg.data.eval_batch_size, None, train=False, device=device)
     dtype = getattr(torch, cfg.run.dtype)
-    model = build_supernet(cfg.space, ds.in_channels, ds.num_classes).to(device, dtype)
+    drop_none = not ACTIVATIONS.get(cfg.search.activation).uses_none
+    model = build_supernet(cfg.space, ds.in_channels, ds.num_classes, drop_none)
+    model = model.to(device, dtype)
     if cfg.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if distributed.is_distributed() and cfg.run.sync_bn:
@@ -92,7 +103,9 @@ def build_search(cfg) -> SearchSetup:
     # Identical already by seeding; rank 0's copy makes it certain (other torch builds, GPUs).
     distributed.broadcast_module(model)
     distributed.broadcast_module(arch)
-    strategy = STRATEGIES.get(cfg.search.strategy)(model, arch, cfg.search)
+    strategy = STRATEGIES.get(cfg.search.strategy)(
+        model, arch, cfg.search, steps_per_epoch=len(train)
+    )
     return SearchSetup(strategy, train, val, val_eval, device, dtype)
 
 
@@ -128,6 +141,7 @@ def run_search(
         strategy.on_epoch_start(epoch)
         # Every rank walks the same global batches and trains on its shard of each.
         val_stream = s.batches(cycle_batches(s.val, epoch_seed(cfg.run.seed, epoch, 1)))
+        next_val = functools.partial(next, val_stream)  # drawn only for alpha steps
         bar = Progress(
             s.batches(s.train.epoch(epoch_seed(cfg.run.seed, epoch, 0))),
             len(s.train),
@@ -135,14 +149,14 @@ def run_search(
             enabled=cfg.run.progress and main,
             unit="step",
         )
-        sums = {"train_loss": 0.0, "train_acc": 0.0, "val_loss": 0.0}
-        n_steps = 0
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
         for train_batch in bar:
-            m = strategy.step(train_batch, next(val_stream))
-            n_steps += 1
+            m = strategy.step(train_batch, next_val)
             global_step += 1
-            for k in sums:
-                sums[k] += m[k]
+            for k, v in m.items():  # val_loss only on iterations with an alpha step
+                sums[k] = sums.get(k, 0.0) + v
+                counts[k] = counts.get(k, 0) + 1
             bar.update(loss=m["train_loss"], acc=m["train_acc"])
             if main and global_step % cfg.run.log_every == 0:
                 run.log_metrics(
@@ -153,7 +167,8 @@ def run_search(
             "epoch": epoch,
             "step": global_step,
             "lr": strategy.lr,
-            **{k: v / max(n_steps, 1) for k, v in sums.items()},
+            **{k: v / counts[k] for k, v in sums.items()},
+            **strategy.arch_metrics(),
         }
         record.update(strategy.evaluate(s.batches(s.val_eval.epoch(0), shard=False)))
         if not main:

@@ -8,21 +8,30 @@ takes the edge weights as a dict of tensors, `arch_shapes()` gives their shapes,
 from __future__ import annotations
 
 from diffnas.registry import Registry
-from diffnas.spaces.darts_cnn import DartsSuperNet
+from diffnas.spaces.darts_cnn import DartsSuperNet, edge_list
+from diffnas.spaces.genotypes import DARTS_OPS, NB201_OPS
 from diffnas.spaces.nb201 import NB201SuperNet
 from diffnas.spaces.robust_darts import ROBUST_DARTS_OP_SETS
 
 SPACES: Registry = Registry("search space")
 
 
+def _ops(names, drop_none: bool) -> tuple[str, ...]:
+    return tuple(o for o in names if not (drop_none and o == "none"))
+
+
 @SPACES.register("nb201")
-def nb201(cfg, in_channels: int, num_classes: int) -> NB201SuperNet:
+def nb201(cfg, in_channels: int, num_classes: int, drop_none: bool = False) -> NB201SuperNet:
     """The NAS-Bench-201 supernet."""
-    return NB201SuperNet(cfg.C, cfg.N, in_channels, num_classes)
+    return NB201SuperNet(
+        cfg.C, cfg.N, in_channels, num_classes, _ops(NB201_OPS, drop_none), cfg.node_bn
+    )
 
 
 def _darts_builder(op_sets):
-    def build(cfg, in_channels: int, num_classes: int) -> DartsSuperNet:
+    def build(cfg, in_channels: int, num_classes: int, drop_none: bool = False) -> DartsSuperNet:
+        n_edges = len(edge_list(cfg.steps))
+        sets = op_sets or {k: [DARTS_OPS] * n_edges for k in ("normal", "reduce")}
         return DartsSuperNet(
             cfg.C,
             cfg.layers,
@@ -31,7 +40,8 @@ def _darts_builder(op_sets):
             cfg.steps,
             cfg.multiplier,
             cfg.stem_multiplier,
-            op_sets,
+            {k: [_ops(ops, drop_none) for ops in v] for k, v in sets.items()},
+            cfg.node_bn,
         )
 
     return build
@@ -42,8 +52,9 @@ for _name, _sets in ROBUST_DARTS_OP_SETS.items():
     SPACES.add(_name, _darts_builder(_sets))
 
 
-def build_supernet(cfg, in_channels: int, num_classes: int):
-    """The supernet named by `cfg.name` (a `[space]` config section)."""
+def build_supernet(cfg, in_channels: int, num_classes: int, drop_none: bool = False):
+    """The supernet named by `cfg.name` (a `[space]` config section); `drop_none` leaves the
+    `none` op out of every edge (for activations such as `clip` that have no use for it)."""
     if cfg.name in ROBUST_DARTS_OP_SETS and cfg.steps != 4:
         raise ValueError(f"space.steps must be 4 for the RobustDARTS space {cfg.name!r}")
-    return SPACES.get(cfg.name)(cfg, in_channels, num_classes)
+    return SPACES.get(cfg.name)(cfg, in_channels, num_classes, drop_none)

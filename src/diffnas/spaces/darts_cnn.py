@@ -38,7 +38,9 @@ def cell_preprocess(
 class SearchCell(nn.Module):
     """A DARTS search cell: every node sums mixed edges from all earlier states."""
 
-    def __init__(self, steps, multiplier, C_pp, C_p, C, reduction, reduction_prev, edge_ops):
+    def __init__(
+        self, steps, multiplier, C_pp, C_p, C, reduction, reduction_prev, edge_ops, node_bn=False
+    ):
         super().__init__()
         self.reduction = reduction
         self.preprocess0, self.preprocess1 = cell_preprocess(C_pp, C_p, C, reduction_prev, False)
@@ -48,6 +50,11 @@ class SearchCell(nn.Module):
             MixedOp(C, C, 2 if reduction and j < 2 else 1, ops, pool_bn=True)
             for (j, _), ops in zip(self.edges, edge_ops, strict=True)
         )
+        # DARTS-PRIME's "statebn": a non-affine BN after each node's sum (its edge weights need
+        # not sum to 1).
+        self.node_bns = nn.ModuleList(
+            nn.BatchNorm2d(C, affine=False) if node_bn else nn.Identity() for _ in range(steps)
+        )
 
     def forward(self, s0, s1, weights, active):
         states = [self.preprocess0(s0), self.preprocess1(s1)]
@@ -55,12 +62,12 @@ class SearchCell(nn.Module):
         shape = (B, C, (H + 1) // 2, (W + 1) // 2) if self.reduction else (B, C, H, W)
         caches = [StateCache(h) for h in states]
         e = 0
-        for _ in range(self.steps):
+        for node_bn in self.node_bns:
             terms = []
             for h, cache in zip(states, caches, strict=True):
                 terms.append(self.ops[e](h, weights[e], active[e], cache))
                 e += 1
-            states.append(sum_or_zeros(terms, s1, shape))
+            states.append(node_bn(sum_or_zeros(terms, s1, shape)))
             caches.append(StateCache(states[-1]))
         return torch.cat(states[-self.multiplier :], dim=1)
 
@@ -78,6 +85,7 @@ class DartsSuperNet(nn.Module):
         multiplier: int = 4,
         stem_multiplier: int = 3,
         edge_ops: dict[str, Sequence[Sequence[str]]] | None = None,
+        node_bn: bool = False,
     ):
         super().__init__()
         n_edges = len(edge_list(steps))
@@ -112,6 +120,7 @@ class DartsSuperNet(nn.Module):
                     reduction,
                     reduction_prev,
                     self.edge_ops[kind],
+                    node_bn,
                 )
             )
             reduction_prev = reduction
@@ -137,6 +146,25 @@ class DartsSuperNet(nn.Module):
         parsed = {k: derive_cell(weights[k], self.edge_ops[k], self.steps) for k in weights}
         concat = list(range(2 + self.steps - self.multiplier, self.steps + 2))
         return Genotype(parsed["normal"], concat, parsed["reduce"], concat)
+
+    def project(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The derived genotype as 0/1 edge weights: per node its two kept edges, one-hot on
+        their chosen op; every other edge all zero."""
+        g = self.genotype(weights)
+        genes = {"normal": g.normal, "reduce": g.reduce}
+        return {
+            k: project_cell(genes[k], self.edge_ops[k], self.steps, w) for k, w in weights.items()
+        }
+
+
+def project_cell(gene, edge_ops, steps: int, like: torch.Tensor) -> torch.Tensor:
+    """A derived cell (list of (op, input) per node, two per node) as 0/1 edge weights."""
+    out = torch.zeros_like(like)
+    edges = edge_list(steps)
+    for k, (op, j) in enumerate(gene):
+        e = edges.index((j, k // 2 + 2))
+        out[e, edge_ops[e].index(op)] = 1.0
+    return out
 
 
 def derive_cell(w: torch.Tensor, edge_ops, steps: int, k: int = 2) -> list[tuple[str, int]]:

@@ -35,9 +35,13 @@ class ResNetBasicBlock(nn.Module):
 class SearchCell(nn.Module):
     """Node j = sum over i<j of MixedOp_{i->j}(node i); the output is node 3."""
 
-    def __init__(self, C, op_names=NB201_OPS):
+    def __init__(self, C, op_names=NB201_OPS, node_bn=False):
         super().__init__()
         self.edges = nn.ModuleList(MixedOp(C, C, 1, op_names) for _ in EDGES)
+        # DARTS-PRIME's "statebn": a non-affine BN after each node's sum.
+        self.node_bns = nn.ModuleList(
+            nn.BatchNorm2d(C, affine=False) if node_bn else nn.Identity() for _ in range(3)
+        )
 
     def forward(self, x, weights, active):
         nodes = [x]
@@ -48,7 +52,7 @@ class SearchCell(nn.Module):
                 for k, (i, to) in enumerate(EDGES)
                 if to == j
             ]
-            nodes.append(sum_or_zeros(terms, x, x.shape))
+            nodes.append(self.node_bns[j - 1](sum_or_zeros(terms, x, x.shape)))
             caches.append(StateCache(nodes[-1]))
         return nodes[-1]
 
@@ -99,9 +103,11 @@ class _Macro(nn.Module):
 class NB201SuperNet(_Macro):
     """The NB201 supernet. forward(x, weights) with weights = {"cell": [6, n_ops]}."""
 
-    def __init__(self, C=16, N=5, in_channels=3, num_classes=10, op_names=NB201_OPS):
+    def __init__(self, C=16, N=5, in_channels=3, num_classes=10, op_names=NB201_OPS, node_bn=False):
         self.op_names = tuple(op_names)
-        super().__init__(lambda c: SearchCell(c, self.op_names), C, N, in_channels, num_classes)
+        super().__init__(
+            lambda c: SearchCell(c, self.op_names, node_bn), C, N, in_channels, num_classes
+        )
 
     def arch_shapes(self) -> dict[str, tuple[int, int]]:
         """Shapes of the architecture weights the forward expects."""
@@ -116,9 +122,25 @@ class NB201SuperNet(_Macro):
         return self.head(x)
 
     def genotype(self, weights: dict[str, torch.Tensor]) -> NB201Genotype:
-        """The NB201 derivation rule: argmax op per edge (`none` included, as NB201 does)."""
-        idx = weights["cell"].argmax(dim=-1).tolist()
-        return NB201Genotype(tuple(self.op_names[i] for i in idx))
+        """The NB201 derivation rule: argmax op per edge (`none` included, as NB201 does); an
+        edge whose weights are all zero (every op pruned) is `none`."""
+        w = weights["cell"]
+        idx = w.argmax(dim=-1).tolist()
+        dead = (w.amax(dim=-1) <= 0).tolist()
+        return NB201Genotype(
+            tuple("none" if d else self.op_names[i] for i, d in zip(idx, dead, strict=True))
+        )
+
+    def project(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The derived genotype as 0/1 edge weights (one-hot rows; all-zero for a `none` edge
+        when the space has no `none` op)."""
+        w = weights["cell"]
+        g = self.genotype(weights)
+        out = torch.zeros_like(w)
+        for e, op in enumerate(g.ops):
+            if op in self.op_names:
+                out[e, self.op_names.index(op)] = 1.0
+        return {"cell": out}
 
 
 class NB201Net(_Macro):
