@@ -28,23 +28,14 @@ from importlib import resources
 from pathlib import Path
 
 import torch
+from common import run_stage
 
-from diffnas.runs.config import load_config
 from diffnas.runs.rundir import RunDir
 from diffnas.search.loop import run_search
 from diffnas.spaces.darts_cnn import random_genotype
 from diffnas.train import train_image
 
 RANDOM_SEED = 0  # the random genotype is drawn once, with this seed
-
-
-def _run(path: Path, overrides: list[str], fn, **kw):
-    """Run `fn(cfg, run, resume=...)` in `path`: skip it when finished, resume it when started."""
-    run = RunDir(path)
-    if (path / "checkpoint.pt").exists() or (path / "checkpoint.prev.pt").exists():
-        return fn(run.read_config(), run, resume=True, **kw)
-    cfg = load_config(overrides[0], overrides[1:])
-    return fn(cfg, run.create(cfg), **kw)
 
 
 def search_stage(args) -> tuple[str, float]:
@@ -54,7 +45,6 @@ def search_stage(args) -> tuple[str, float]:
     path = Path(args.out) / "search"
     if not (path / "genotype.json").exists():
         overrides = [
-            None,
             "space.name=darts",
             f"space.C={args.search_C}",
             f"space.layers={args.search_layers}",
@@ -63,9 +53,10 @@ def search_stage(args) -> tuple[str, float]:
             f"search.epochs={args.search_epochs}",
             f"run.threads={args.threads}",
             "run.progress=false",
-            f"run.out={path}",
         ]
-        _run(path, overrides, run_search, log=lambda s: print("  search:", s.splitlines()[0]))
+        run_stage(
+            path, None, overrides, run_search, log=lambda s: print("  search:", s.splitlines()[0])
+        )
     seconds = sum(r.get("epoch_time_s", 0) for r in RunDir(path).read_metrics())
     return str(path), seconds
 
@@ -77,7 +68,6 @@ def train_stage(args, name: str, genotype: str, seed: int) -> dict:
     if not (path / "result.json").exists():
         recipe = str(resources.files("diffnas") / "configs" / "train_darts.toml")
         overrides = [
-            recipe,
             f"train.genotype={genotype}",
             f"train.C={args.C}",
             f"train.layers={args.layers}",
@@ -86,10 +76,9 @@ def train_stage(args, name: str, genotype: str, seed: int) -> dict:
             f"run.seed={seed}",
             f"run.threads={args.threads}",
             "run.progress=false",
-            f"run.out={path}",
         ]
         t0 = time.perf_counter()
-        _run(path, overrides, train_image, log=lambda s: None)
+        run_stage(path, recipe, overrides, train_image, log=lambda s: None)
         print(f"  {name} seed {seed}: done in {time.perf_counter() - t0:.0f}s")
     result = json.loads((path / "result.json").read_text())
     result["train_s"] = sum(r.get("epoch_time_s", 0) for r in run.read_metrics())

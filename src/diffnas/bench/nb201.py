@@ -247,6 +247,10 @@ class NB201Table:
         a = self._acc[self._idx(arch)]
         return int(len(self._sorted) - np.searchsorted(self._sorted, a, side="right") + 1)
 
+    def median_accuracy(self) -> float:
+        """The median accuracy (%) over all cells."""
+        return float(np.median(self._acc))
+
     def best(self) -> tuple[str, float]:
         """The most accurate cell and its accuracy (%); the first in file order on a tie."""
         i = int(np.argmax(self._acc))
