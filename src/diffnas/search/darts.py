@@ -173,8 +173,10 @@ class DartsSearch:
         self.a_optimizer.load_state_dict(state["a_optimizer"])
         self.epoch = state["epoch"]
         self.lr = self.w_optimizer.param_groups[0]["lr"]
-        self.schedule.load_state_dict(state["schedule"])
-        self.regularizer.load_state_dict(state["regularizer"])
+        # Checkpoints from before schedules and regularisers existed ran "every" and "none",
+        # whose fresh state is exact.
+        self.schedule.load_state_dict(state.get("schedule", self.schedule.state_dict()))
+        self.regularizer.load_state_dict(state.get("regularizer", self.regularizer.state_dict()))
 
     @torch.no_grad()
     def arch_metrics(self) -> dict:
