@@ -290,6 +290,13 @@ class SearchConfig:
         "alpha step and shrinks by its f-th power after one with.",
         min=1,
     )
+    collapse_warn: float = setting(
+        0.5,
+        "Warn in the log when parameter-free ops (skip, pooling, none, noise) fill more than this "
+        "share of a derived cell's ops (the collapse DARTS is known for); 1 never warns.",
+        min=0,
+        max=1,
+    )
     regularizer: str = setting(
         "none",
         "Term added to the validation loss pulling the weights toward a discrete genotype: "

@@ -14,6 +14,7 @@ from diffnas.data import Augment, EpochBatches, cycle_batches, load_images, spli
 from diffnas.runs.progress import Progress
 from diffnas.runs.rng import capture_rng, restore_rng, seed_everything
 from diffnas.search import STRATEGIES, distributed
+from diffnas.search.diagnostics import collapse_diagnostics, collapse_warning
 from diffnas.spaces import build_supernet
 from diffnas.spaces.genotypes import genotype_to_json
 
@@ -175,12 +176,16 @@ def run_search(
             continue
         genotype = strategy.genotype()
         record["genotype"] = str(genotype)
+        with torch.no_grad():
+            weights = {k: w.cpu() for k, w in strategy.arch.weights().items()}
+        record.update(collapse_diagnostics(genotype, weights))
+        warning = collapse_warning(record, cfg.search.collapse_warn)
+        record["collapse_warning"] = warning is not None
         for hook in hooks:
             record.update(hook(genotype))
         record["epoch_time_s"] = time.perf_counter() - t0
         run.log_metrics(record)
-        with torch.no_grad():
-            weights = {k: w.cpu().tolist() for k, w in strategy.arch.weights().items()}
+        weights = {k: w.tolist() for k, w in weights.items()}
         run.log_genotype(epoch, {**genotype_to_json(genotype), "weights": weights})
         run.save_checkpoint(
             {
@@ -191,6 +196,8 @@ def run_search(
             }
         )
         log(_summary(record))
+        if warning:
+            log(warning)
     genotype = strategy.genotype()
     if main and end_epoch == epochs:
         run.write_genotype(genotype_to_json(genotype))
