@@ -62,6 +62,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffnas.runs.config import SearchConfig
+
 INSTALL = "pip install --no-deps xautodl==1.0.0"
 TOL = {torch.float64: 1e-5, torch.float32: 1e-4}
 NUM_CLASSES = 10
@@ -93,19 +95,7 @@ XAUTODL_OP = {
     "dil_conv_5x5": "dil_sepc_5x5",
 }
 
-OUR_CFG = types.SimpleNamespace(
-    w_lr=0.025,
-    w_lr_min=0.001,
-    w_momentum=0.9,
-    w_weight_decay=3e-4,
-    grad_clip=5.0,
-    alpha_lr=3e-4,
-    alpha_betas=[0.5, 0.999],
-    alpha_weight_decay=1e-3,
-    order=1,
-    unrolled_eps=0.01,
-    epochs=50,
-)
+OUR_CFG = SearchConfig(order=1, epochs=50)  # the DARTS defaults of ALGORITHMS.md 1.3
 
 
 def import_xautodl() -> types.SimpleNamespace:
@@ -677,16 +667,30 @@ def time_both(space: str, size: dict, steps: int, warmup: int, channels_last: bo
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def current_rss_gib() -> float:
-    """Resident set size now (Linux /proc), else the peak so far."""
+def _proc_status_gib(field: str) -> float | None:
+    """A memory field of /proc/self/status (Linux) in GiB, or None."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 2**20
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return None
+
+
+def current_rss_gib() -> float:
+    """Resident set size now (Linux /proc), else the peak so far."""
+    rss = _proc_status_gib("VmRSS")
+    return rss if rss is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident set size. VmHWM belongs to the process's own address space;
+    getrusage's ru_maxrss would not do: Linux carries the parent's peak at fork time across the
+    exec into the child's ru_maxrss, so every child would report at least the parent's peak."""
+    hwm = _proc_status_gib("VmHWM")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def memory_one(space: str, impl: str, size: dict, channels_last: bool) -> dict:
@@ -708,8 +712,7 @@ def memory_one(space: str, impl: str, size: dict, channels_last: bool) -> dict:
         step = their_stepper(build_theirs(space, size, xa), size)
     for _ in range(3):  # warm-up + 2: the first step allocates optimiser state
         step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-    return {"peak_gib": peak, "base_gib": base}
+    return {"peak_gib": peak_rss_gib(), "base_gib": base}
 
 
 # ------------------------------------------------------------------------------------- main
