@@ -186,6 +186,32 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    """`diffnas export RUN_DIR_OR_GENOTYPE --format ...`: write the final network to a file."""
+    from diffnas.export import SUFFIX, export, is_training_run, trained_network
+    from diffnas.spaces.final import build_final_network
+    from diffnas.spaces.published import GENOTYPES
+
+    if is_training_run(args.source):
+        if args.set or args.config:
+            raise ConfigError("a training run is exported with its own config; drop --config/--set")
+        model, genotype, shape, cfg = trained_network(args.source)
+        out = args.out or Path(args.source) / "export" / f"network{SUFFIX[args.format]}"
+        what = f"trained weights of {args.source}"
+    else:
+        args.genotype = args.source
+        cfg, genotype = _train_config(args)
+        shape = _parse_shape(args.input)
+        model = build_final_network(genotype, cfg.train, shape[0], args.classes)
+        name = args.source if args.source in GENOTYPES else "genotype"
+        out = args.out or Path("exports") / f"{name}{SUFFIX[args.format]}"
+        what = "untrained weights (export a `diffnas train` run directory for trained ones)"
+    path = export(model, genotype, shape, cfg, args.format, out)
+    print(f"wrote {path}: {args.format}, {type(model).__name__}, {what}")
+    print(f"input: a float batch [B, {', '.join(map(str, shape))}], normalised as in training")
+    return 0
+
+
 def cmd_bench(args) -> int:
     """`diffnas bench nb201 ARCH_OR_RUN_DIR`."""
     from diffnas.bench import describe
@@ -244,6 +270,16 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--classes", type=int, default=10, help="number of classes (default 10)")
     i.set_defaults(func=cmd_info)
 
+    e = sub.add_parser("export", help="write a genotype's final network as a file")
+    e.add_argument("source", help="a `diffnas train` run directory, or a genotype as for train")
+    e.add_argument("--format", choices=("state_dict", "torchscript", "onnx"), default="onnx")
+    e.add_argument("--out", help="output file (default RUN_DIR/export/network.<ext>)")
+    e.add_argument("--config", help="genotype sources: TOML config sizing the network")
+    e.add_argument("--set", action="append", metavar="KEY=VALUE", help="e.g. train.C=16")
+    e.add_argument("--input", default="3x32x32", help="genotype sources: input shape CxHxW")
+    e.add_argument("--classes", type=int, default=10, help="genotype sources: classes")
+    e.set_defaults(func=cmd_export)
+
     b = sub.add_parser("bench", help="look up ground truth in a benchmark table")
     b.add_argument("table", choices=["nb201"])
     b.add_argument("arch", help="NB201 arch string, genotype.json, or run directory")
@@ -277,6 +313,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     """Errors caused by the user's input: printed as one clear line, without a traceback."""
     from diffnas.bench.nb201 import BenchmarkError
     from diffnas.data import DataFormatError, DataNotFoundError
+    from diffnas.export import ExportError
     from diffnas.runs.rundir import RunDirError
     from diffnas.spaces.final import FinalNetworkError
     from diffnas.spaces.genotypes import GenotypeError
@@ -284,6 +321,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return (
         ConfigError,
         FinalNetworkError,
+        ExportError,
         RunDirError,
         GenotypeError,
         DataNotFoundError,

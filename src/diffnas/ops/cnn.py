@@ -37,7 +37,8 @@ class DepthwiseConv2d(nn.Conv2d):
         self._fast = stride == 1 and padding == dilation * (kernel - 1) // 2
 
     def forward(self, x):
-        if self._fast and x.device.type == "cpu":
+        # Only training needs the custom backward; inference and export take the plain conv.
+        if self._fast and x.device.type == "cpu" and torch.is_grad_enabled():
             return _DepthwiseSame.apply(x, self.weight, self.padding, self.dilation)
         return super().forward(x)
 
