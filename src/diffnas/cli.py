@@ -212,6 +212,27 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    """`diffnas sweep`: one search per seed (resumable), then the summary over the seeds."""
+    from diffnas.runs import sweep
+
+    seeds = sweep.parse_seeds(args.seeds)
+    config = args.config or _quickstart_config()
+    load_config(config, args.set or [])  # a bad config fails here, not in every seed
+    name = Path(args.config).stem if args.config else "quickstart"
+    out = Path(args.out or Path("runs") / f"sweep-{name}")
+    jobs = args.jobs or min(len(seeds), max(1, (os.cpu_count() or 1) // 2))
+    print(f"sweep of {len(seeds)} seeds in {out}, {jobs} at a time")
+    failed = sweep.run_sweep(config, list(args.set or []), seeds, out, jobs)
+    summary = sweep.write_summary(out, seeds)
+    print(sweep.format_summary(summary))
+    print(f"written to {out / sweep.SUMMARY_FILE}")
+    if failed:
+        print(f"seeds {failed} failed; run the same command again to resume them", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_bench(args) -> int:
     """`diffnas bench nb201 ARCH_OR_RUN_DIR`."""
     from diffnas.bench import describe
@@ -279,6 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--input", default="3x32x32", help="genotype sources: input shape CxHxW")
     e.add_argument("--classes", type=int, default=10, help="genotype sources: classes")
     e.set_defaults(func=cmd_export)
+
+    w = sub.add_parser("sweep", help="run a search config with several seeds and summarise")
+    w.add_argument("--config", help="TOML config (default: the quickstart)")
+    w.add_argument("--seeds", default="0-3", help="e.g. 0-3 or 0,2,5 (default 0-3)")
+    w.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    w.add_argument("--jobs", type=int, default=0, help="seeds at once (default: cores / 2)")
+    w.add_argument("--out", help="sweep directory (default runs/sweep-<config name>)")
+    w.set_defaults(func=cmd_sweep)
 
     b = sub.add_parser("bench", help="look up ground truth in a benchmark table")
     b.add_argument("table", choices=["nb201"])
