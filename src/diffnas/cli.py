@@ -328,7 +328,12 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print("\ninterrupted; resume with `diffnas search --resume RUN_DIR`", file=sys.stderr)
+        hint = {
+            "search": "diffnas search --resume RUN_DIR",
+            "train": "diffnas train --resume RUN_DIR",
+            "sweep": "the same diffnas sweep command",
+        }.get(args.command)
+        print("\ninterrupted" + (f"; resume with `{hint}`" if hint else ""), file=sys.stderr)
         return 130
     except _user_errors() as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
