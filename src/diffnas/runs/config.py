@@ -127,6 +127,11 @@ class RunConfig:
         50, "Training steps between progress lines and step records in `metrics.jsonl`.", min=1
     )
     progress: bool = setting(True, "Show a progress bar with loss, accuracy and speed.")
+    tensorboard: bool = setting(
+        True,
+        "Also log every epoch record (and a search's edge weights as histograms) to TensorBoard "
+        "in `<run dir>/tensorboard`, when the tensorboard package is installed.",
+    )
     channels_last: bool = setting(
         True,
         "Keep images and the supernet in channels_last memory format (same math; measured "

@@ -11,6 +11,7 @@ import torch
 
 from diffnas.arch import ACTIVATIONS, ArchParameters
 from diffnas.data import Augment, EpochBatches, cycle_batches, load_images, split_indices
+from diffnas.runs import tensorboard
 from diffnas.runs.progress import Progress
 from diffnas.runs.rng import capture_rng, restore_rng, seed_everything
 from diffnas.search import STRATEGIES, distributed
@@ -137,6 +138,7 @@ def run_search(
             log(f"resumed {run.path} at epoch {start_epoch}/{cfg.search.epochs}")
     epochs = cfg.search.epochs
     end_epoch = epochs if stop_after is None else min(stop_after, epochs)
+    writer = tensorboard.open_writer(run.path, cfg.run.tensorboard and main)
     for epoch in range(start_epoch, end_epoch):
         t0 = time.perf_counter()
         strategy.on_epoch_start(epoch)
@@ -185,6 +187,7 @@ def run_search(
             record.update(hook(genotype))
         record["epoch_time_s"] = time.perf_counter() - t0
         run.log_metrics(record)
+        tensorboard.log_epoch(writer, record, weights)
         weights = {k: w.tolist() for k, w in weights.items()}
         run.log_genotype(epoch, {**genotype_to_json(genotype), "weights": weights})
         run.save_checkpoint(

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffnas.data import Augment, EpochBatches, load_images
+from diffnas.runs import tensorboard
 from diffnas.runs.progress import Progress
 from diffnas.runs.rng import capture_rng, restore_rng, seed_everything
 from diffnas.search.darts import accuracy, cosine_lr
@@ -155,6 +156,7 @@ def train_image(
         )
     epochs = cfg.train.epochs
     end_epoch = epochs if stop_after is None else min(stop_after, epochs)
+    writer = tensorboard.open_writer(run.path, cfg.run.tensorboard)
     record = {}
     for epoch in range(start_epoch, end_epoch):
         t0 = time.perf_counter()
@@ -182,6 +184,7 @@ def train_image(
             "epoch_time_s": time.perf_counter() - t0,
         }
         run.log_metrics(record)
+        tensorboard.log_epoch(writer, record)
         run.save_checkpoint(
             {"trainer": trainer.state_dict(), "epoch": epoch + 1, "rng": capture_rng()}
         )
