@@ -1,7 +1,8 @@
 """DARTS-PRIME's components on NB201 / Fashion-MNIST: plain DARTS vs each component vs all.
 
     python benchmarks/prime.py [--seeds 3] [--epochs 10] [--C 8] [--N 1] [--limit 6000]
-        [--variants darts,clip,fisher,prox,admm,all_prox,all_admm] [--out runs/bench-prime]
+        [--variants darts,clip,fisher,prox,admm,all_prox,all_admm] [--set KEY=VALUE ...]
+    [--out runs/bench-prime]
 
 Every variant is a first-order DARTS search on the NB201 space (first --limit Fashion-MNIST
 training images, split 50/50 unless the variant's schedule matches the split f:1), the same
@@ -54,6 +55,7 @@ def search(args, variant: str, seed: int) -> dict:
             f"run.seed={seed}",
             f"run.threads={args.threads}",
             "run.progress=false",
+            *args.set,
             *VARIANTS[variant],
         ]
         run_stage(path, None, overrides, run_search, log=lambda s: None)
@@ -80,6 +82,13 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=6000)
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every variant, e.g. search.alpha_lr=0.003",
+    )
     p.add_argument("--out", default="runs/bench-prime")
     args = p.parse_args()
     if args.threads:
@@ -96,6 +105,7 @@ def main() -> None:
         f"NB201 / Fashion-MNIST, DARTS 1st order, C={args.C} N={args.N}, {args.epochs} epochs, "
         f"first {args.limit} training images, {args.seeds} seeds, "
         f"{torch.get_num_threads()} threads; acc = AnalogNAS-Bench CIFAR-10 test accuracy"
+        + (f"; overrides: {' '.join(args.set)}" if args.set else "")
     )
     print(
         f"{'variant':9s} {'acc mean':>8s} {'std':>5s} {'active ops':>10s} {'distinct':>8s} "
