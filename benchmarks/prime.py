@@ -1,8 +1,8 @@
 """DARTS-PRIME's components on NB201 / Fashion-MNIST: plain DARTS vs each component vs all.
 
-    python benchmarks/prime.py [--seeds 3] [--epochs 10] [--C 8] [--N 1] [--limit 6000]
+    python benchmarks/prime.py [--seeds 0-2] [--epochs 10] [--C 8] [--N 1] [--limit 6000]
         [--variants darts,clip,fisher,prox,admm,all_prox,all_admm] [--set KEY=VALUE ...]
-    [--out runs/bench-prime]
+    [--out runs/bench-nb201]
 
 Every variant is a first-order DARTS search on the NB201 space (first --limit Fashion-MNIST
 training images, split 50/50 unless the variant's schedule matches the split f:1), the same
@@ -21,11 +21,10 @@ import statistics
 from pathlib import Path
 
 import torch
-from common import run_stage
+from common import nb201_search
 
 from diffnas.bench import get_table
-from diffnas.runs.rundir import RunDir
-from diffnas.search.loop import run_search
+from diffnas.runs.sweep import parse_seeds
 from diffnas.spaces.genotypes import NB201Genotype
 
 CLIP = ["search.activation=clip", "space.node_bn=true"]
@@ -43,25 +42,7 @@ VARIANTS = {
 
 def search(args, variant: str, seed: int) -> dict:
     """One search (reused when finished); its last epoch record plus the total epoch time."""
-    path = Path(args.out) / f"{variant}-s{seed}"
-    if not (path / "genotype.json").exists():
-        overrides = [
-            "space.name=nb201",
-            f"space.C={args.C}",
-            f"space.N={args.N}",
-            "data.dataset=fashion_mnist",
-            f"data.limit={args.limit}",
-            f"search.epochs={args.epochs}",
-            f"run.seed={seed}",
-            f"run.threads={args.threads}",
-            "run.progress=false",
-            *args.set,
-            *VARIANTS[variant],
-        ]
-        run_stage(path, None, overrides, run_search, log=lambda s: None)
-        print(f"  {variant} seed {seed}: done")
-    epochs = [r for r in RunDir(path).read_metrics() if r["kind"] == "epoch"]
-    return {**epochs[-1], "wall_s": sum(r["epoch_time_s"] for r in epochs)}
+    return nb201_search(Path(args.out) / f"{variant}-s{seed}", args, seed, VARIANTS[variant])
 
 
 def spread(genotypes: list[str]) -> tuple[int, float]:
@@ -75,7 +56,7 @@ def spread(genotypes: list[str]) -> tuple[int, float]:
 def main() -> None:
     """Run the searches and print the table."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", default="0-2", help="e.g. 0-2 or 0,2 (default 0-2)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--C", type=int, default=8)
     p.add_argument("--N", type=int, default=1)
@@ -89,7 +70,7 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="config override for every variant, e.g. search.alpha_lr=0.003",
     )
-    p.add_argument("--out", default="runs/bench-prime")
+    p.add_argument("--out", default="runs/bench-nb201", help="shared with nb201_selection.py")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -98,12 +79,13 @@ def main() -> None:
     if unknown:
         p.error(f"unknown variants {unknown}; available: {', '.join(VARIANTS)}")
     table = get_table()
-    rows = {v: [search(args, v, seed) for seed in range(args.seeds)] for v in variants}
+    seeds = parse_seeds(args.seeds)
+    rows = {v: [search(args, v, seed) for seed in seeds] for v in variants}
 
     print()
     print(
         f"NB201 / Fashion-MNIST, DARTS 1st order, C={args.C} N={args.N}, {args.epochs} epochs, "
-        f"first {args.limit} training images, {args.seeds} seeds, "
+        f"first {args.limit} training images, seeds {args.seeds}, "
         f"{torch.get_num_threads()} threads; acc = AnalogNAS-Bench CIFAR-10 test accuracy"
         + (f"; overrides: {' '.join(args.set)}" if args.set else "")
     )
@@ -124,7 +106,7 @@ def main() -> None:
         )
     print(f"table: best {table.best()[1]:.2f}, median {table.median_accuracy():.2f}")
     for v, rs in rows.items():
-        for seed, r in enumerate(rs):
+        for seed, r in zip(seeds, rs, strict=True):
             print(f"{v} seed {seed}: {r['genotype']}")
 
 

@@ -233,6 +233,26 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_select(args) -> int:
+    """`diffnas select RUN_DIR --method ...`: turn a finished search's supernet into a genotype."""
+    from diffnas.select import open_select_dir, run_select
+
+    cfg, run = open_select_dir(
+        args.run_dir, args.method, args.set or [], out=args.out, resume=bool(args.resume)
+    )
+    print(f"selection directory: {run.path}")
+    t0 = time.perf_counter()
+    genotype = run_select(cfg, args.run_dir, run, resume=bool(args.resume))
+    print(f"\nselection finished in {time.perf_counter() - t0:.0f}s; genotype: {genotype}")
+    print(f"written to {Path(run.path) / 'genotype.json'}")
+    if cfg.space.name == "nb201":
+        from diffnas.bench import describe, is_available
+
+        if is_available():
+            print(describe(str(run.path)))
+    return 0
+
+
 def cmd_bench(args) -> int:
     """`diffnas bench nb201 ARCH_OR_RUN_DIR`."""
     from diffnas.bench import describe
@@ -247,6 +267,15 @@ def cmd_config(args) -> int:
         print(describe_config())
     else:
         print(config_to_toml(load_config(args.config or _quickstart_config(), args.set or [])))
+    return 0
+
+
+def cmd_report(args) -> int:
+    """`diffnas report RUN_DIR`: write the run's HTML report and its figures."""
+    from diffnas.viz import write_report
+
+    index = write_report(args.run_dir, args.out)
+    print(f"wrote {index} (open it in a browser; the figures lie beside it)")
     return 0
 
 
@@ -309,6 +338,24 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--out", help="sweep directory (default runs/sweep-<config name>)")
     w.set_defaults(func=cmd_sweep)
 
+    sel = sub.add_parser(
+        "select", help="select a genotype from a finished search's supernet (magnitude or PT)"
+    )
+    sel.add_argument("run_dir", metavar="RUN_DIR", help="a finished `diffnas search` run directory")
+    sel.add_argument(
+        "--method",
+        default="perturbation",
+        help="magnitude (the DARTS rule) or perturbation (DARTS-PT); default perturbation",
+    )
+    sel.add_argument("--out", help="selection directory (default RUN_DIR/select-<method>)")
+    sel.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="e.g. --set select.proj_intv=2"
+    )
+    sel.add_argument(
+        "--resume", action="store_true", help="continue the interrupted selection exactly"
+    )
+    sel.set_defaults(func=cmd_select)
+
     b = sub.add_parser("bench", help="look up ground truth in a benchmark table")
     b.add_argument("table", choices=["nb201"])
     b.add_argument("arch", help="NB201 arch string, genotype.json, or run directory")
@@ -319,6 +366,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--set", action="append", metavar="KEY=VALUE")
     c.add_argument("--doc", action="store_true", help="document every config key")
     c.set_defaults(func=cmd_config)
+
+    r = sub.add_parser(
+        "report",
+        help="HTML report of a run: curves, alpha heatmaps, cell diagrams, decisions",
+        description="Write a self-contained HTML report of a search, training or selection run "
+        "directory (config, loss/accuracy curves, ground truth, edge-weight heatmaps, cell "
+        "diagrams, selection decisions, timing, collapse diagnostics). It works offline; the "
+        "PNG figures lie beside index.html. Needs matplotlib; graphviz draws the cells when "
+        "installed.",
+    )
+    r.add_argument("run_dir", metavar="RUN_DIR", help="a search, training or selection directory")
+    r.add_argument("--out", help="report directory (default RUN_DIR/report)")
+    r.set_defaults(func=cmd_report)
     return p
 
 
@@ -331,6 +391,7 @@ def main(argv=None) -> int:
         hint = {
             "search": "diffnas search --resume RUN_DIR",
             "train": "diffnas train --resume RUN_DIR",
+            "select": "the same diffnas select command with --resume",
             "sweep": "the same diffnas sweep command",
         }.get(args.command)
         print("\ninterrupted" + (f"; resume with `{hint}`" if hint else ""), file=sys.stderr)
@@ -351,6 +412,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from diffnas.runs.rundir import RunDirError
     from diffnas.spaces.final import FinalNetworkError
     from diffnas.spaces.genotypes import GenotypeError
+    from diffnas.viz import ReportError
 
     return (
         ConfigError,
@@ -361,6 +423,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
         DataNotFoundError,
         DataFormatError,
         BenchmarkError,
+        ReportError,
     )
 
 

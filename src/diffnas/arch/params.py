@@ -44,7 +44,10 @@ class ArchParameters(nn.Module):
     """The alphas of a supernet, one tensor per cell type (`alphas_normal`, `alphas_cell`, ...).
 
     `weights()` returns the edge weights the supernet's forward takes. A `mask` (1 = op alive)
-    multiplies them, so selection can fix or remove ops without touching the alphas.
+    multiplies them, so selection can fix or remove ops without touching the alphas. During
+    selection, `projection` (an object with `apply(weights) -> weights`, see
+    `diffnas.select.projection`) replaces the weights of decided edges by fixed ones, so that the
+    forward, the architect and the genotype all see the projected supernet.
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class ArchParameters(nn.Module):
             )
             self.register_parameter(f"alphas_{name}", nn.Parameter(init))
             self.register_buffer(f"mask_{name}", torch.ones(shape))
+        self.projection = None  # not part of the state_dict: selection saves its own
 
     def alphas(self) -> dict[str, torch.Tensor]:
         """The raw architecture parameters by cell type."""
@@ -79,8 +83,9 @@ class ArchParameters(nn.Module):
 
     def weights_of(self, alphas: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The edge weights that `alphas` (by cell type) would give, with this activation and
-        these masks."""
-        return {n: self._act.fn(a) * getattr(self, f"mask_{n}") for n, a in alphas.items()}
+        these masks (and the projection's fixed edges, when there is one)."""
+        weights = {n: self._act.fn(a) * getattr(self, f"mask_{n}") for n, a in alphas.items()}
+        return weights if self.projection is None else self.projection.apply(weights)
 
     @torch.no_grad()
     def prune(self) -> int:

@@ -318,6 +318,14 @@ class SearchConfig:
         min=0,
         max=1,
     )
+    fix_alpha: bool = setting(
+        False,
+        "Freeze the architecture parameters at their noise-free initial value (0 for `softmax`: "
+        "uniform edge weights) and never take an alpha step (no validation batch, no architect "
+        "cost): DARTS-PT's fix-alpha (\"blank\") supernet, from which `diffnas select --method "
+        "perturbation` alone picks the architecture. The alpha schedule and regulariser are then "
+        "unused.",
+    )
 
 
 @dataclass
@@ -368,6 +376,64 @@ class TrainConfig:
 
 
 @dataclass
+class SelectConfig:
+    """Architecture selection from a finished search's supernet (`diffnas select RUN_DIR`):
+    `magnitude` reads the genotype off the edge weights (the DARTS rule); `perturbation` is
+    DARTS-PT: one edge at a time (in the DARTS spaces one normal and one reduction edge per
+    step, then the inputs of each node), keep what the supernet's validation accuracy misses
+    most when it is removed, and fine-tune the supernet between decisions. Tuning reuses the
+    `[search]` settings (batch size, momentum, weight decay, gradient clipping, alpha
+    optimiser) with a constant learning rate, first-order alpha steps and no regulariser."""
+
+    method: str = setting(
+        "perturbation",
+        "Selection method (`diffnas select --method` sets it).",
+        choices=RegistryChoices("diffnas.select", "SELECTORS", ("magnitude", "perturbation")),
+    )
+    criterion: str = setting(
+        "acc",
+        "perturbation: how a removal is scored, by the supernet's validation accuracy (`acc`: "
+        "keep the op whose removal leaves the lowest accuracy, drop the input edge whose removal "
+        "leaves the highest) or its validation loss (`loss`: highest / lowest loss).",
+        choices=("acc", "loss"),
+    )
+    proj_intv: int = setting(
+        5,
+        "perturbation: tuning epochs between two decisions. The DARTS spaces tune "
+        "proj_intv * (14 + 3 - 1) + 1 epochs (81), NB201 proj_intv * (6 - 1) (25), the last "
+        "decision one epoch before the end.",
+        min=1,
+    )
+    lr: float = setting(
+        0.0,
+        "perturbation: constant SGD learning rate of the tuning (a fresh optimiser with "
+        "`search.w_momentum` and `search.w_weight_decay`); 0: `search.w_lr` / 10 (0.0025, "
+        "DARTS-PT's value).",
+        min=0,
+    )
+    fix_alpha: bool = setting(
+        False,
+        "perturbation: keep the alphas of undecided edges frozen during tuning (always so for "
+        "a supernet searched with `search.fix_alpha`); false: first-order alpha steps as in the "
+        "search.",
+    )
+    bn: str = setting(
+        "train",
+        "perturbation: batch norm in the validation passes that score removals: `train` "
+        "normalises with each batch's statistics (as DARTS-PT's code does), `eval` with the "
+        "running statistics. Neither changes the supernet's state.",
+        choices=("train", "eval"),
+    )
+    seed: int = setting(
+        -1,
+        "perturbation: seed of the random order of the edges and nodes to decide and of the "
+        "tuning batches; -1: `run.seed`.",
+        min=-1,
+        max=2**32 - 1,
+    )
+
+
+@dataclass
 class Config:
     """The whole configuration: one field per `[section]` of the TOML file."""
 
@@ -376,6 +442,7 @@ class Config:
     space: SpaceConfig = field(default_factory=SpaceConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
 
 
 # ---------------------------------------------------------------------------------------------

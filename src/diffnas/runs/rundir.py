@@ -92,6 +92,9 @@ def _json_default(obj: Any) -> Any:
 class RunDir:
     """One run's directory: config, `metrics.jsonl`, genotype logs and checkpoints."""
 
+    # The append-only logs a checkpoint records the length of (subclasses add their own).
+    log_files: tuple[str, ...] = LOG_FILES
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
         # Set when load_checkpoint had to fall back to checkpoint.prev.pt: the next save must not
@@ -118,7 +121,7 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         # Without a checkpoint nothing here can be resumed; logs of that attempt would only
         # get mixed with the new run's.
-        stale = [n for n in (*LOG_FILES, GENOTYPE_FILE) if (self.path / n).exists()]
+        stale = [n for n in (*self.log_files, GENOTYPE_FILE) if (self.path / n).exists()]
         if stale:
             warnings.warn(
                 f"{self.path} has {', '.join(stale)} from a run that never wrote a checkpoint; "
@@ -190,7 +193,7 @@ class RunDir:
 
     def _synced_log_sizes(self) -> dict[str, int]:
         sizes = {}
-        for name in LOG_FILES:
+        for name in self.log_files:
             path = self.path / name
             if not path.exists():
                 sizes[name] = 0
@@ -279,7 +282,7 @@ class RunDir:
     def _truncate_logs(self, sizes: Any) -> None:
         if not isinstance(sizes, dict):
             return  # a checkpoint not written by RunDir: nothing to align
-        for name in LOG_FILES:
+        for name in self.log_files:
             size = sizes.get(name)
             path = self.path / name
             if not isinstance(size, int):

@@ -87,7 +87,8 @@ class DartsSearch:
         """
         self.model.train()
         val_loss = None
-        if self.schedule.take_alpha_step():
+        # search.fix_alpha: the alphas stay as initialised, at no architect cost.
+        if not self.cfg.fix_alpha and self.schedule.take_alpha_step():
             batch = val_batch() if callable(val_batch) else val_batch
             val_loss = self.architect.step(train_batch, batch, xi=self.lr)
             self.regularizer.after_alpha_step()

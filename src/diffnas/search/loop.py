@@ -99,9 +99,11 @@ def build_search(cfg) -> SearchSetup:
     if distributed.is_distributed() and cfg.run.sync_bn:
         model = distributed.convert_sync_batchnorm(model)
     gen = torch.Generator().manual_seed(cfg.run.seed)
-    arch = ArchParameters(
-        model.arch_shapes(), cfg.search.activation, cfg.search.alpha_init_std, gen
-    ).to(device, dtype)
+    # Frozen alphas (search.fix_alpha) start noise-free: uniform edge weights under softmax.
+    init_std = 0.0 if cfg.search.fix_alpha else cfg.search.alpha_init_std
+    arch = ArchParameters(model.arch_shapes(), cfg.search.activation, init_std, gen).to(
+        device, dtype
+    )
     # Identical already by seeding; rank 0's copy makes it certain (other torch builds, GPUs).
     distributed.broadcast_module(model)
     distributed.broadcast_module(arch)
@@ -109,6 +111,50 @@ def build_search(cfg) -> SearchSetup:
         model, arch, cfg.search, steps_per_epoch=len(train)
     )
     return SearchSetup(strategy, train, val, val_eval, device, dtype)
+
+
+def train_epoch(
+    s: SearchSetup,
+    cfg,
+    run,
+    epoch: int,
+    global_step: int,
+    seed: int,
+    desc: str,
+    data_epoch: int | None = None,
+) -> tuple[dict[str, float], int]:
+    """One epoch of strategy steps over the train split; (mean metrics, new global step).
+
+    The batches are those of `data_epoch` (default `epoch`) under `seed`. Rank 0 logs a step
+    record to `run` every `run.log_every` steps.
+    """
+    strategy, main = s.strategy, distributed.is_main()
+    data_epoch = epoch if data_epoch is None else data_epoch
+    strategy.on_epoch_start(epoch)
+    # Every rank walks the same global batches and trains on its shard of each.
+    val_stream = s.batches(cycle_batches(s.val, epoch_seed(seed, data_epoch, 1)))
+    next_val = functools.partial(next, val_stream)  # drawn only for alpha steps
+    bar = Progress(
+        s.batches(s.train.epoch(epoch_seed(seed, data_epoch, 0))),
+        len(s.train),
+        desc=desc,
+        enabled=cfg.run.progress and main,
+        unit="step",
+    )
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for train_batch in bar:
+        m = strategy.step(train_batch, next_val)
+        global_step += 1
+        for k, v in m.items():  # val_loss only on iterations with an alpha step
+            sums[k] = sums.get(k, 0.0) + v
+            counts[k] = counts.get(k, 0) + 1
+        bar.update(loss=m["train_loss"], acc=m["train_acc"])
+        if main and global_step % cfg.run.log_every == 0:
+            run.log_metrics(
+                {"kind": "step", "epoch": epoch, "step": global_step, "lr": strategy.lr, **m}
+            )
+    return {k: v / counts[k] for k, v in sums.items()}, global_step
 
 
 def run_search(
@@ -141,36 +187,15 @@ def run_search(
     writer = tensorboard.open_writer(run.path, cfg.run.tensorboard and main)
     for epoch in range(start_epoch, end_epoch):
         t0 = time.perf_counter()
-        strategy.on_epoch_start(epoch)
-        # Every rank walks the same global batches and trains on its shard of each.
-        val_stream = s.batches(cycle_batches(s.val, epoch_seed(cfg.run.seed, epoch, 1)))
-        next_val = functools.partial(next, val_stream)  # drawn only for alpha steps
-        bar = Progress(
-            s.batches(s.train.epoch(epoch_seed(cfg.run.seed, epoch, 0))),
-            len(s.train),
-            desc=f"epoch {epoch + 1}/{epochs}",
-            enabled=cfg.run.progress and main,
-            unit="step",
+        means, global_step = train_epoch(
+            s, cfg, run, epoch, global_step, seed=cfg.run.seed, desc=f"epoch {epoch + 1}/{epochs}"
         )
-        sums: dict[str, float] = {}
-        counts: dict[str, int] = {}
-        for train_batch in bar:
-            m = strategy.step(train_batch, next_val)
-            global_step += 1
-            for k, v in m.items():  # val_loss only on iterations with an alpha step
-                sums[k] = sums.get(k, 0.0) + v
-                counts[k] = counts.get(k, 0) + 1
-            bar.update(loss=m["train_loss"], acc=m["train_acc"])
-            if main and global_step % cfg.run.log_every == 0:
-                run.log_metrics(
-                    {"kind": "step", "epoch": epoch, "step": global_step, "lr": strategy.lr, **m}
-                )
         record = {
             "kind": "epoch",
             "epoch": epoch,
             "step": global_step,
             "lr": strategy.lr,
-            **{k: v / counts[k] for k, v in sums.items()},
+            **means,
             **strategy.arch_metrics(),
         }
         record.update(strategy.evaluate(s.batches(s.val_eval.epoch(0), shard=False)))

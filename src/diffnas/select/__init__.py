@@ -1,9 +1,17 @@
-"""Selection: turning a trained supernet into a genotype, chosen by name from `SELECTORS`."""
+"""Selection: turning a trained supernet into a genotype, chosen by name from `SELECTORS`.
+
+Each entry is `select(setup, cfg, run, resume=False, log=print, stop_after=None) -> genotype`:
+`setup` is the `SearchSetup` holding the search's supernet (loaded from its checkpoint), `cfg`
+the config (its `[select]` section), `run` the selection's run directory. `run_select` builds
+the setup and dispatches.
+"""
 
 from diffnas.registry import Registry
 from diffnas.select.magnitude import magnitude_select
+from diffnas.select.run import open_select_dir, perturbation_select, run_select
 
 SELECTORS: Registry = Registry("selection method")
 SELECTORS.add("magnitude", magnitude_select)
+SELECTORS.add("perturbation", perturbation_select)
 
-__all__ = ["SELECTORS", "magnitude_select"]
+__all__ = ["SELECTORS", "magnitude_select", "open_select_dir", "perturbation_select", "run_select"]
