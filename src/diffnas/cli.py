@@ -91,16 +91,29 @@ def cmd_search(args) -> int:
     return 0
 
 
-def _train_recipe(genotype) -> str:
-    """The embedded training recipe of the genotype's space (configs/train_<family>.toml)."""
+NO_GENOTYPE = (
+    "no genotype to train: pass --genotype NAME_OR_FILE_OR_RUN_DIR (e.g. DARTS_V2; "
+    "`diffnas info --list` lists the published ones) or set train.genotype"
+)
+
+
+def _train_recipe(genotype, task: str) -> str:
+    """The embedded training recipe: `configs/train_<task>.toml` when the task has its own
+    (e.g. lm, forecast), else that of the genotype's space (`configs/train_<family>.toml`)."""
     from diffnas.spaces.final import space_family
 
-    return str(resources.files("diffnas") / "configs" / f"train_{space_family(genotype)}.toml")
+    configs = resources.files("diffnas") / "configs"
+    if (configs / f"train_{task}.toml").is_file():
+        return str(configs / f"train_{task}.toml")
+    if genotype is None:
+        raise ConfigError(NO_GENOTYPE)
+    return str(configs / f"train_{space_family(genotype)}.toml")
 
 
 def _train_config(args):
-    """The resolved config of `diffnas train` / `diffnas info`: --config (or the recipe of the
-    genotype's space), then --set, then --genotype and --task."""
+    """The resolved config of `diffnas train` / `diffnas info`: --config (or the embedded recipe
+    of the task or of the genotype's space), then --set, then --genotype and --task. The
+    genotype is None when none is given (tasks whose baselines need none, e.g. an LSTM)."""
     from diffnas.spaces.genotypes import load_genotype
 
     overrides = list(args.set or [])
@@ -109,14 +122,12 @@ def _train_config(args):
             overrides.append(f"train.{key}={json.dumps(value)}")
     cfg = load_config(args.config, overrides) if args.config else None
     name = cfg.train.genotype if cfg else args.genotype
-    if not name:
-        raise ConfigError(
-            "no genotype to train: pass --genotype NAME_OR_FILE_OR_RUN_DIR (e.g. DARTS_V2; "
-            "`diffnas info --list` lists the published ones) or set train.genotype"
-        )
-    genotype = load_genotype(name)
+    genotype = load_genotype(name) if name else None
     if cfg is None:
-        cfg = load_config(_train_recipe(genotype), overrides)
+        task = getattr(args, "task", None) or "image"
+        cfg = load_config(_train_recipe(genotype, task), overrides)
+    if genotype is None and cfg.train.task == "image":
+        raise ConfigError(NO_GENOTYPE)
     return cfg, genotype
 
 
@@ -133,19 +144,29 @@ def cmd_train(args) -> int:
         cfg = run.read_config()
     else:
         cfg, genotype = _train_config(args)
-        check_final_config(genotype, cfg.train)  # before the run directory exists
+        if cfg.train.task == "image":
+            check_final_config(genotype, cfg.train)  # before the run directory exists
         if args.out:
             cfg.run.out = args.out
-        run = RunDir(resolve_out(cfg, kind=f"train-{space_family(genotype)}")).create(cfg)
+        kind = space_family(genotype) if cfg.train.task == "image" else cfg.train.task
+        run = RunDir(resolve_out(cfg, kind=f"train-{kind}")).create(cfg)
         print(f"run directory: {run.path}")
     t0 = time.perf_counter()
     result = TASKS.get(cfg.train.task)(cfg, run, resume=bool(args.resume))
-    print(
-        f"\ntraining finished in {time.perf_counter() - t0:.0f}s: "
-        f"test accuracy {result['test_acc']:.2f} %, {result['params'] / 1e6:.3f}M parameters"
-    )
+    print(f"\ntraining finished in {time.perf_counter() - t0:.0f}s: {_describe_result(result)}")
     print(f"written to {Path(run.path) / 'result.json'}")
     return 0
+
+
+def _describe_result(result: dict) -> str:
+    """The headline of a training result: its test metrics and parameter count."""
+    tests = [f"{k} {v:.4g}" for k, v in result.items() if k.startswith("test_") and _is_num(v)]
+    params = f"{result['params'] / 1e6:.3f}M parameters" if "params" in result else ""
+    return ", ".join([*tests, params]) if params else ", ".join(tests)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def _parse_shape(text: str) -> tuple[int, int, int]:
