@@ -101,3 +101,25 @@ def test_sweep_command_end_to_end(tmp_path, capsys):
     assert summary["runs"] == ["seed-0", "seed-1"]
     assert main(args) == 0  # everything finished: nothing runs again
     assert "finished before, not run again" in capsys.readouterr().out
+
+
+def test_ray_address_without_ray_is_a_clear_error(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(ConfigError, match="pip install ray"):
+        sweep.run_sweep(None, [], [0], tmp_path, jobs=1, ray_address="auto")
+
+
+def test_sweep_on_a_local_ray_cluster(tmp_path):
+    """The seeds run as Ray tasks (a fresh local cluster stands in for an existing one)."""
+    ray = pytest.importorskip("ray", reason="ray is not installed (pip install ray)")
+    sets = ["data.dataset=synthetic", "data.limit=64", "data.batch_size=16", "space.C=4"]
+    sets += ["space.N=1", "search.epochs=1"]
+    try:
+        failed = sweep.run_sweep(None, sets, [0, 1], tmp_path, jobs=2, ray_address="local")
+    finally:
+        ray.shutdown()
+    assert failed == []
+    summary = sweep.write_summary(tmp_path, [0, 1])
+    assert summary["runs"] == ["seed-0", "seed-1"]

@@ -243,8 +243,11 @@ def cmd_sweep(args) -> int:
     name = Path(args.config).stem if args.config else "quickstart"
     out = Path(args.out or Path("runs") / f"sweep-{name}")
     jobs = args.jobs or min(len(seeds), max(1, (os.cpu_count() or 1) // 2))
-    print(f"sweep of {len(seeds)} seeds in {out}, {jobs} at a time")
-    failed = sweep.run_sweep(config, list(args.set or []), seeds, out, jobs)
+    where = f"on the Ray cluster {args.ray_address}" if args.ray_address else f"{jobs} at a time"
+    print(f"sweep of {len(seeds)} seeds in {out}, {where}")
+    failed = sweep.run_sweep(
+        config, list(args.set or []), seeds, out, jobs, ray_address=args.ray_address
+    )
     summary = sweep.write_summary(out, seeds)
     print(sweep.format_summary(summary))
     print(f"written to {out / sweep.SUMMARY_FILE}")
@@ -357,6 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     w.add_argument("--jobs", type=int, default=0, help="seeds at once (default: cores / 2)")
     w.add_argument("--out", help="sweep directory (default runs/sweep-<config name>)")
+    w.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="run the seeds as tasks on this existing Ray cluster (e.g. auto, or ray://host:10001; "
+        "needs ray, diffnas on the workers and the sweep directory on a shared file system)",
+    )
     w.set_defaults(func=cmd_sweep)
 
     sel = sub.add_parser(

@@ -1,7 +1,8 @@
 """Multi-seed sweeps: run one config with several seeds, then summarise them honestly.
 
 `diffnas sweep --config FILE --seeds 0-3` runs `diffnas search` once per seed in
-`<out>/seed-<s>` (several at once, each with its share of the CPU threads), skips seeds that
+`<out>/seed-<s>` (several at once, each with its share of the CPU threads, or as tasks on an
+existing Ray cluster with `--ray-address`), skips seeds that
 finished, resumes seeds that were interrupted, and writes `<out>/summary.json`: mean and std of
 every numeric final metric over the seeds, and for every edge of the genotype how many seeds
 agree on it.
@@ -60,27 +61,54 @@ def seed_command(config: str | None, overrides: list[str], out: Path, seed: int,
     return cmd
 
 
-def run_sweep(config, overrides, seeds, out: Path, jobs: int, log=print) -> list[int]:
-    """Run the unfinished seeds, `jobs` at a time; returns the seeds that failed."""
+def run_seed(cmd: list[str], log_path: str) -> int:
+    """Run one seed's command, appending its output to `log_path`; its exit code."""
+    with open(log_path, "a") as f:
+        return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
+
+
+def run_sweep(
+    config, overrides, seeds, out: Path, jobs: int, log=print, ray_address: str | None = None
+) -> list[int]:
+    """Run the unfinished seeds, `jobs` at a time on this machine or, with `ray_address`, as
+    tasks on that Ray cluster; returns the seeds that failed."""
     out.mkdir(parents=True, exist_ok=True)
     todo = [s for s in seeds if not (seed_dir(out, s) / GENOTYPE_FILE).exists()]
     for s in sorted(set(seeds) - set(todo)):
         log(f"seed {s}: finished before, not run again")
     threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
-
-    def one(seed: int) -> int:
-        cmd = seed_command(config, overrides, out, seed, threads)
+    cmds = {seed: seed_command(config, overrides, out, seed, threads) for seed in todo}
+    for seed, cmd in cmds.items():
         log(f"seed {seed}: {'resuming' if '--resume' in cmd else 'starting'}")
-        t0 = time.perf_counter()
-        with open(out / f"seed-{seed}.log", "a") as f:
-            code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
+    logs = {seed: str(out / f"seed-{seed}.log") for seed in todo}
+    t0 = time.perf_counter()
+    if ray_address:
+        codes = _run_on_ray(cmds, logs, ray_address, threads)
+    else:
+        with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
+            futures = {seed: pool.submit(run_seed, cmds[seed], logs[seed]) for seed in todo}
+            codes = {seed: f.result() for seed, f in futures.items()}
+    for seed, code in codes.items():
         status = "done" if code == 0 else f"FAILED (exit {code}; see seed-{seed}.log)"
-        log(f"seed {seed}: {status} in {time.perf_counter() - t0:.0f}s")
-        return code
-
-    with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
-        codes = dict(zip(todo, pool.map(one, todo), strict=True))
+        log(f"seed {seed}: {status} ({time.perf_counter() - t0:.0f}s since the sweep started)")
     return [s for s, c in codes.items() if c]
+
+
+def _run_on_ray(cmds: dict, logs: dict, address: str, threads: int) -> dict[int, int]:
+    """One Ray task per seed (`threads` CPUs each) on the cluster at `address`. The workers run
+    the same command line, so they need diffnas installed at the same Python path and the
+    sweep directory on a shared file system."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(
+            "--ray-address needs the ray package (pip install ray); without it, drop "
+            "--ray-address to run the seeds on this machine"
+        ) from None
+    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+    task = ray.remote(num_cpus=threads)(run_seed)
+    refs = {seed: task.remote(cmd, logs[seed]) for seed, cmd in cmds.items()}
+    return {seed: ray.get(ref) for seed, ref in refs.items()}
 
 
 def _edges(genotype) -> dict[str, str]:
