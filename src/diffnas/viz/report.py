@@ -122,6 +122,22 @@ def _epochs_sub(run: RunData, section: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def table_card(genotype: Any, label: str) -> str:
+    """A card with the ground truth of an NB201 cell (CIFAR-10 table accuracy and rank), or ""
+    when the genotype is not an NB201 cell or the table is not installed."""
+    from diffnas.bench import get_table, is_available
+    from diffnas.spaces.genotypes import NB201Genotype
+
+    if not isinstance(genotype, NB201Genotype) or not is_available():
+        return ""
+    table = get_table()
+    return _card(
+        label,
+        f"{_num(table.accuracy(genotype))} %",
+        f"CIFAR-10 table, rank {table.rank(genotype):,} of {len(table):,}",
+    )
+
+
 def headline(run: RunData) -> str:
     """The summary cards: the metric that matters for the kind of run first."""
     cards = []
@@ -160,7 +176,10 @@ def headline(run: RunData) -> str:
         if run.decisions:
             spent = sum(float(d.get("time_s", 0.0)) for d in run.decisions)
             cards.append(_card("decisions", str(len(run.decisions)), f"{_duration(spent)}"))
+        cards.append(table_card(run.genotype, "table accuracy of the selected cell"))
     else:
+        if not run.has("nb201_acc"):  # searches run without the ground-truth hook
+            cards.append(table_card(run.genotype, "table accuracy of the cell"))
         if run.has("nb201_acc"):
             rank = run.final("nb201_rank")
             cards.append(
@@ -445,7 +464,8 @@ def render(run: RunData, out: Path) -> str:
         notes += "".join(f'<div class="note">{_e(sel.name)}: {_e(n)}</div>' for n in sel.notes)
     top_warning = collapse_box(run) if run.epochs else ""
     selected = "".join(
-        _card(
+        table_card(sel.genotype, f"selected ({sel.name.removeprefix('select-')})")
+        or _card(
             f"selected ({sel.name.removeprefix('select-')})",
             f"{_num(sel.final('valid_acc'))} %" if sel.epochs else "done",
             "supernet valid accuracy after tuning" if sel.epochs else "",
