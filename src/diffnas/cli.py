@@ -39,11 +39,24 @@ def _nb201_hook():
     return hook
 
 
+# The data name in a default run directory, by task (images: `data.dataset`).
+DATA_LABELS = {
+    "lm": lambda cfg: Path(cfg.lm.data_dir).name if cfg.lm.data_dir else "ptb",
+    "forecast": lambda cfg: Path(cfg.forecast.path).name.split(".")[0] or "series",
+}
+
+
+def _data_label(cfg, task: str) -> str:
+    """What a default run directory calls the run's data."""
+    label = DATA_LABELS.get(task)
+    return label(cfg) if label else cfg.data.dataset
+
+
 def cmd_search(args) -> int:
     """`diffnas search`: run or resume a search (under torchrun: one process per rank)."""
     from diffnas.runs.rundir import RunDir, RunDirError, resolve_out
     from diffnas.search import distributed
-    from diffnas.search.loop import resolve_device, run_search
+    from diffnas.search.loop import resolve_device, run_search, search_task
 
     if args.resume:
         if args.set or args.config or args.out:
@@ -59,7 +72,8 @@ def cmd_search(args) -> int:
         cfg = load_config(cfg_path, overrides)
         distributed.init_from_env(resolve_device(cfg.run.device))
         # The default name holds the time: rank 0's name for every rank; only rank 0 creates it.
-        cfg.run.out = distributed.broadcast_object(str(resolve_out(cfg)))
+        label = _data_label(cfg, search_task(cfg))
+        cfg.run.out = distributed.broadcast_object(str(resolve_out(cfg, dataset=label)))
         run = RunDir(cfg.run.out)
         error = None
         if distributed.is_main():
@@ -110,6 +124,16 @@ def _train_recipe(genotype, task: str) -> str:
     return str(configs / f"train_{space_family(genotype)}.toml")
 
 
+def _genotype_task(genotype) -> str:
+    """The task a genotype's cell is trained on by default: its search space's (`lm` for a
+    DARTS RNN cell), else `image`."""
+    from diffnas.spaces import SPACES, space_task
+    from diffnas.spaces.final import space_family
+
+    family = None if genotype is None else space_family(genotype)
+    return space_task(family) if family in SPACES else "image"
+
+
 def _train_config(args):
     """The resolved config of `diffnas train` / `diffnas info`: --config (or the embedded recipe
     of the task or of the genotype's space), then --set, then --genotype and --task. The
@@ -124,7 +148,7 @@ def _train_config(args):
     name = cfg.train.genotype if cfg else args.genotype
     genotype = load_genotype(name) if name else None
     if cfg is None:
-        task = getattr(args, "task", None) or "image"
+        task = getattr(args, "task", None) or _genotype_task(genotype)
         cfg = load_config(_train_recipe(genotype, task), overrides)
     if genotype is None and cfg.train.task == "image":
         raise ConfigError(NO_GENOTYPE)
@@ -149,7 +173,8 @@ def cmd_train(args) -> int:
         if args.out:
             cfg.run.out = args.out
         kind = space_family(genotype) if cfg.train.task == "image" else cfg.train.task
-        run = RunDir(resolve_out(cfg, kind=f"train-{kind}")).create(cfg)
+        label = _data_label(cfg, cfg.train.task)
+        run = RunDir(resolve_out(cfg, kind=f"train-{kind}", dataset=label)).create(cfg)
         print(f"run directory: {run.path}")
     t0 = time.perf_counter()
     result = TASKS.get(cfg.train.task)(cfg, run, resume=bool(args.resume))
@@ -188,6 +213,8 @@ def cmd_info(args) -> int:
             print(f"{name:16s} {params:>6s}  {p.source}")
         return 0
     cfg, genotype = _train_config(args)
+    if space_family(genotype) == "darts_rnn":
+        return _info_language_model(args, cfg, genotype)
     shape = _parse_shape(args.input)
     model = build_final_network(genotype, cfg.train, shape[0], args.classes)
     print(f"genotype: {genotype}")
@@ -199,6 +226,25 @@ def cmd_info(args) -> int:
     print(f"parameters: {count_params(model):,} ({count_params(model) / 1e6:.3f}M)")
     print(f"parameters with the auxiliary head: {count_params(model, auxiliary=True):,}")
     print(f"multiply-adds: {count_macs(model, shape) / 1e6:.1f}M")
+    if args.genotype in GENOTYPES:
+        p = GENOTYPES.get(args.genotype)
+        print(
+            f"source: {p.source}" + (f"; reported: {p.params_m}M parameters" if p.params_m else "")
+        )
+    return 0
+
+
+def _info_language_model(args, cfg, genotype) -> int:
+    """`diffnas info` of a DARTS RNN genotype: the language model of the `[lm]` recipe."""
+    from diffnas.spaces.final import count_params
+    from diffnas.spaces.published import GENOTYPES
+    from diffnas.train.lm import build_language_model
+
+    model = build_language_model(cfg.lm, args.vocab, genotype)
+    print(f"genotype: {genotype}")
+    print(f"network: language model, lm.core={cfg.lm.core}, lm.nhid={cfg.lm.nhid}, tied decoder")
+    print(f"vocabulary: {args.vocab:,} words (PTB's; --vocab for another corpus)")
+    print(f"parameters: {count_params(model):,} ({count_params(model) / 1e6:.3f}M)")
     if args.genotype in GENOTYPES:
         p = GENOTYPES.get(args.genotype)
         print(
@@ -342,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--set", action="append", metavar="KEY=VALUE", help="e.g. train.C=16")
     i.add_argument("--input", default="3x32x32", help="input shape CxHxW (default CIFAR's)")
     i.add_argument("--classes", type=int, default=10, help="number of classes (default 10)")
+    i.add_argument(
+        "--vocab", type=int, default=10000, help="RNN genotypes: vocabulary size (default PTB's)"
+    )
     i.set_defaults(func=cmd_info)
 
     e = sub.add_parser("export", help="write a genotype's final network as a file")
@@ -369,13 +418,14 @@ def build_parser() -> argparse.ArgumentParser:
     w.set_defaults(func=cmd_sweep)
 
     sel = sub.add_parser(
-        "select", help="select a genotype from a finished search's supernet (magnitude or PT)"
+        "select", help="select a genotype from a finished search's supernet (magnitude, PT, sample)"
     )
     sel.add_argument("run_dir", metavar="RUN_DIR", help="a finished `diffnas search` run directory")
     sel.add_argument(
         "--method",
         default="perturbation",
-        help="magnitude (the DARTS rule) or perturbation (DARTS-PT); default perturbation",
+        help="magnitude (the DARTS rule), perturbation (DARTS-PT) or sample_rank (EN²AS: sample, "
+        "score with inherited weights, rescore the top); default perturbation",
     )
     sel.add_argument("--out", help="selection directory (default RUN_DIR/select-<method>)")
     sel.add_argument(

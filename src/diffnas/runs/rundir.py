@@ -46,13 +46,15 @@ class CheckpointError(RunDirError):
     """A checkpoint that is missing, truncated or corrupt; the message names the file."""
 
 
-def resolve_out(cfg: Config, now: datetime | None = None, kind: str | None = None) -> Path:
+def resolve_out(
+    cfg: Config, now: datetime | None = None, kind: str | None = None, dataset: str | None = None
+) -> Path:
     """`run.out`, or `runs/<kind>-<dataset>-<YYYYmmdd-HHMMSS>` when it is empty; `kind`
-    defaults to the space's name."""
+    defaults to the space's name, `dataset` to `data.dataset`."""
     if cfg.run.out:
         return Path(cfg.run.out)
     stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{kind or cfg.space.name}-{cfg.data.dataset}-{stamp}"
+    return Path("runs") / f"{kind or cfg.space.name}-{dataset or cfg.data.dataset}-{stamp}"
 
 
 def _fsync_dir(path: Path) -> None:

@@ -9,6 +9,7 @@ from torch import nn
 from torch.func import functional_call
 
 from diffnas.arch import ArchParameters
+from diffnas.search.objectives import ImageObjective, Objective
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # Turns this process's gradients into the global ones (an all-reduce mean under torch.distributed).
@@ -35,6 +36,12 @@ class Architect:
     (dL_val/dalpha, v = dL_val/dw') before eps = eps_scale / ||v|| and the w+- steps, and to the
     finite-difference alpha gradients; so every rank computes what one process would compute
     on the global batch.
+
+    `loss_fn` is a loss of (logits, y) (image classification) or an `Objective`, which owns how
+    a batch becomes a loss (e.g. a language model's hidden state per stream). With
+    `virtual_clip` > 0 the virtual step clips its gradient to that norm, as the real step does
+    (the original RNN architect): w' = w - xi * (c * g + ...), c = min(1, clip / ||g||), and
+    the finite-difference term is scaled by c (c held constant, as there).
     """
 
     def __init__(
@@ -48,10 +55,13 @@ class Architect:
         eps_scale: float = 0.01,
         grad_reduce: GradReduce | None = None,
         penalty: Callable[[], torch.Tensor | None] | None = None,
+        virtual_clip: float = 0.0,
     ):
         if order not in (1, 2):
             raise ValueError(f"order must be 1 or 2, got {order}")
         self.model, self.arch, self.loss_fn, self.order = model, arch, loss_fn, order
+        self.objective = loss_fn if isinstance(loss_fn, Objective) else ImageObjective(loss_fn)
+        self.virtual_clip = virtual_clip
         self.a_optimizer, self.w_optimizer, self.eps_scale = a_optimizer, w_optimizer, eps_scale
         self.grad_reduce = grad_reduce or no_reduce
         self.penalty = penalty or (lambda: None)
@@ -61,7 +71,7 @@ class Architect:
         penalty, when there is one)."""
         alphas = list(self.arch.parameters())
         if self.order == 1:
-            loss = self._loss(None, val_batch)
+            loss = self._loss(None, val_batch, "val", advance=True)
             grads = self.grad_reduce(list(torch.autograd.grad(loss, alphas)))
         else:
             loss, grads = self.second_order_grads(train_batch, val_batch, xi)
@@ -77,14 +87,21 @@ class Architect:
         self.a_optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
-    def _loss(self, params: dict[str, torch.Tensor] | None, batch) -> torch.Tensor:
-        x, y = batch
+    def _loss(
+        self, params: dict[str, torch.Tensor] | None, batch, role: str, advance: bool = False
+    ) -> torch.Tensor:
+        """The objective's loss of `batch` (stream `role`) at the real weights (params None) or
+        at `params`; only `advance` moves the stream's state (an LM's hidden state)."""
         if params is None:
-            logits = self.model(x, self.arch.weights())
+            forward = self.model
         else:
             buffers = {n: b.clone() for n, b in self.model.named_buffers()}
-            logits = functional_call(self.model, {**params, **buffers}, (x, self.arch.weights()))
-        return self.loss_fn(logits, y)
+            values = {**params, **buffers}
+
+            def forward(*args, **kwargs):
+                return functional_call(self.model, values, args, kwargs)
+
+        return self.objective.loss(forward, self.arch.weights(), batch, role, advance)[0]
 
     def second_order_grads(self, train_batch, val_batch, xi: float):
         """(L_val(w'), d/dalpha L_val(w'(alpha), alpha)) with the finite-difference HVP."""
@@ -95,9 +112,17 @@ class Architect:
         group = self.w_optimizer.param_groups[0]
         momentum, wd = group["momentum"], group["weight_decay"]
         g_train = torch.autograd.grad(
-            self._loss(dict(named), train_batch), ws, allow_unused=True, materialize_grads=True
+            self._loss(dict(named), train_batch, "train"),
+            ws,
+            allow_unused=True,
+            materialize_grads=True,
         )
         g_train = self.grad_reduce(list(g_train))
+        coef = None
+        if self.virtual_clip > 0:
+            norm = torch.sqrt(sum((g * g).sum() for g in g_train)).item()
+            coef = min(1.0, self.virtual_clip / (norm + 1e-6))  # clip_grad_norm_'s factor
+            g_train = [g * coef for g in g_train]
         unrolled = []
         with torch.no_grad():
             for w, g in zip(ws, g_train, strict=True):
@@ -106,7 +131,8 @@ class Architect:
                 if buf is not None:
                     d = d + momentum * buf
                 unrolled.append((w - xi * d).requires_grad_(True))
-        loss = self._loss(dict(zip(names, unrolled, strict=True)), val_batch)
+        # The one validation pass of this alpha step: it advances the val stream.
+        loss = self._loss(dict(zip(names, unrolled, strict=True)), val_batch, "val", advance=True)
         # Ops with weight 0 do not run: their weights get zero gradients (allow_unused).
         grads = torch.autograd.grad(
             loss, alphas + unrolled, allow_unused=True, materialize_grads=True
@@ -114,7 +140,8 @@ class Architect:
         grads = self.grad_reduce(list(grads))
         d_alpha, v = grads[: len(alphas)], grads[len(alphas) :]
         hvp = self.hessian_vector_product(names, ws, v, train_batch)
-        return loss, [da - xi * h for da, h in zip(d_alpha, hvp, strict=True)]
+        scale = xi if coef is None else xi * coef
+        return loss, [da - scale * h for da, h in zip(d_alpha, hvp, strict=True)]
 
     def hessian_vector_product(self, names, ws, v, train_batch):
         """d^2 L_train / (dalpha dw) . v by central differences along v."""
@@ -124,5 +151,5 @@ class Architect:
         for sign in (1.0, -1.0):
             with torch.no_grad():
                 params = {n: w + sign * eps * d for n, w, d in zip(names, ws, v, strict=True)}
-            grads.append(torch.autograd.grad(self._loss(params, train_batch), alphas))
+            grads.append(torch.autograd.grad(self._loss(params, train_batch, "train"), alphas))
         return self.grad_reduce([(gp - gm) / (2 * eps) for gp, gm in zip(*grads, strict=True)])

@@ -5,24 +5,22 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from diffnas.arch import ArchParameters
 from diffnas.search import distributed
 from diffnas.search.architect import Architect
+from diffnas.search.growing import GROWERS
+from diffnas.search.objectives import ImageObjective, Objective, accuracy
 from diffnas.search.regularizers import REGULARIZERS, distance_to_discrete
 from diffnas.search.schedules import ALPHA_SCHEDULES
+
+__all__ = ["DartsSearch", "accuracy", "cosine_lr"]
 
 
 def cosine_lr(epoch: int, epochs: int, lr: float, lr_min: float) -> float:
     """Cosine annealing from lr (epoch 0) towards lr_min, as torch's CosineAnnealingLR."""
     return lr_min + (lr - lr_min) * (1 + math.cos(math.pi * epoch / epochs)) / 2
-
-
-def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
-    """Top-1 accuracy in %."""
-    return (logits.argmax(-1) == y).float().mean().item() * 100
 
 
 class DartsSearch:
@@ -31,11 +29,20 @@ class DartsSearch:
     The weight learning rate follows a cosine schedule by epoch (a pure function of the epoch,
     so resuming needs no scheduler state beyond the epoch number). Inside a process group each
     rank gets its shard of the global batches; weight and alpha gradients and the metrics are
-    averaged over the ranks, so every rank takes the same steps.
+    averaged over the ranks, so every rank takes the same steps. The `objective` (default:
+    image classification) turns batches into losses and metrics.
     """
 
-    def __init__(self, model: nn.Module, arch: ArchParameters, cfg, steps_per_epoch: int = 1):
+    def __init__(
+        self,
+        model: nn.Module,
+        arch: ArchParameters,
+        cfg,
+        steps_per_epoch: int = 1,
+        objective: Objective | None = None,
+    ):
         self.model, self.arch, self.cfg = model, arch, cfg
+        self.objective = objective if objective is not None else ImageObjective()
         self.steps_per_epoch = max(steps_per_epoch, 1)
         self.schedule = ALPHA_SCHEDULES.get(cfg.alpha_schedule)(cfg)
         self.regularizer = REGULARIZERS.get(cfg.regularizer)(cfg, model, arch)
@@ -57,15 +64,17 @@ class DartsSearch:
             arch,
             self.a_optimizer,
             self.w_optimizer,
-            F.cross_entropy,
+            self.objective,
             cfg.order,
             cfg.unrolled_eps,
             grad_reduce=distributed.all_reduce_mean if self.distributed else None,
             penalty=lambda: self.regularizer.penalty(self.progress),
+            virtual_clip=cfg.grad_clip if self.objective.clip_virtual_step else 0.0,
         )
         self.epoch, self.lr = 0, cfg.w_lr
         self.epoch_step = 0  # steps taken in the current epoch
         self.last_penalty = 0.0
+        self.grower = GROWERS.get(cfg.grower)(cfg, self)  # search.grower (search.growing)
 
     @property
     def progress(self) -> float:
@@ -78,6 +87,7 @@ class DartsSearch:
         self.lr = cosine_lr(epoch, self.cfg.epochs, self.cfg.w_lr, self.cfg.w_lr_min)
         for g in self.w_optimizer.param_groups:
             g["lr"] = self.lr
+        self.objective.on_epoch_start(epoch)
 
     def step(self, train_batch, val_batch) -> dict[str, float]:
         """An alpha step on a val batch when the schedule says so, then one weight step.
@@ -87,15 +97,18 @@ class DartsSearch:
         """
         self.model.train()
         val_loss = None
+        # The objective may scale this step's learning rate (LM: by the segment's length).
+        scale = self.objective.lr_scale(train_batch)
+        lr = self.lr if scale == 1.0 else self.lr * scale
         # search.fix_alpha: the alphas stay as initialised, at no architect cost.
         if not self.cfg.fix_alpha and self.schedule.take_alpha_step():
             batch = val_batch() if callable(val_batch) else val_batch
-            val_loss = self.architect.step(train_batch, batch, xi=self.lr)
+            val_loss = self.architect.step(train_batch, batch, xi=lr)
             self.regularizer.after_alpha_step()
-        x, y = train_batch
         weights = {k: w.detach() for k, w in self.arch.weights().items()}
-        logits = self.model(x, weights)
-        loss = F.cross_entropy(logits, y)
+        loss, out = self.objective.loss(
+            self.model, weights, train_batch, role="train", advance=True, train_step=True
+        )
         self.w_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.distributed:
@@ -111,15 +124,21 @@ class DartsSearch:
                 self.schedule.observe(sum(g.pow(2).sum() for g in grads).item())
         if self.cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        if scale != 1.0:
+            for g in self.w_optimizer.param_groups:
+                g["lr"] = lr
         self.w_optimizer.step()
+        if scale != 1.0:
+            for g in self.w_optimizer.param_groups:
+                g["lr"] = self.lr
         self.arch.prune()  # no-op unless the activation prunes
         self.epoch_step += 1
-        metrics = {"train_loss": loss.item(), "train_acc": accuracy(logits, y)}
+        metrics = self.objective.step_metrics(loss, out, train_batch)
         if val_loss is not None:
             metrics["val_loss"] = val_loss.item()
         if self.distributed:
             # Equal shards: the mean over ranks is the global batch's loss and accuracy.
-            t = torch.tensor(list(metrics.values()), dtype=torch.float64, device=y.device)
+            t = torch.tensor(list(metrics.values()), dtype=torch.float64, device=loss.device)
             # BN running statistics are identical on all ranks under run.sync_bn (and stay so
             # bitwise); with per-rank statistics, averaging keeps every rank's model the same.
             bufs = [b for b in self.model.buffers() if b.is_floating_point()]
@@ -131,23 +150,13 @@ class DartsSearch:
 
     @torch.no_grad()
     def evaluate(self, batches) -> dict[str, float]:
-        """Supernet loss and accuracy over `batches` (this rank's rows), eval mode, no autograd."""
-        self.model.eval()
-        weights = self.arch.weights()
-        n, loss_sum, correct = 0, 0.0, 0
-        for x, y in batches:
-            if len(y) == 0:  # a rank's share of a last batch smaller than the world
-                continue
-            logits = self.model(x, weights)
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-            correct += (logits.argmax(-1) == y).sum().item()
-            n += len(y)
-        self.model.train()
-        if self.distributed:
-            device = next(self.model.parameters()).device
-            t = torch.tensor([n, loss_sum, correct], dtype=torch.float64, device=device)
-            n, loss_sum, correct = distributed.all_reduce_sum([t])[0].tolist()
-        return {"valid_loss": loss_sum / max(n, 1), "valid_acc": 100.0 * correct / max(n, 1)}
+        """The objective's valid_loss and valid_<headline> of the supernet over `batches`
+        (this rank's rows), eval mode, no autograd."""
+        return self.objective.evaluate(self.model, self.arch.weights(), batches)
+
+    def on_epoch_end(self, epoch: int, record: dict) -> dict:
+        """After the epoch's evaluation: the grower may grow the supernet; extra metrics."""
+        return self.grower.on_epoch_end(epoch, record)
 
     def genotype(self):
         """The genotype the space's derivation rule reads off the current weights."""
@@ -164,10 +173,13 @@ class DartsSearch:
             "epoch": self.epoch,
             "schedule": self.schedule.state_dict(),
             "regularizer": self.regularizer.state_dict(),
+            "grower": self.grower.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
         """Inverse of state_dict."""
+        # First the saved size (a grown supernet), then the values.
+        self.grower.load_state_dict(state.get("grower", {}))
         self.model.load_state_dict(state["model"])
         self.arch.load_state_dict(state["arch"])
         self.w_optimizer.load_state_dict(state["w_optimizer"])

@@ -10,7 +10,7 @@ from collections import Counter
 import torch
 
 from diffnas.ops.cnn import PARAMETER_FREE
-from diffnas.spaces.genotypes import Genotype, NB201Genotype
+from diffnas.spaces.genotypes import Genotype, NB201Genotype, RNNGenotype
 
 
 def cell_ops(genotype) -> dict[str, list[str]]:
@@ -22,6 +22,9 @@ def cell_ops(genotype) -> dict[str, list[str]]:
             "normal": [op for op, _ in genotype.normal],
             "reduce": [op for op, _ in genotype.reduce],
         }
+    if isinstance(genotype, RNNGenotype):
+        # Every RNN node has its own W_i: none of its activations is parameter-free.
+        return {"recurrent": [op for op, _ in genotype.recurrent]}
     raise TypeError(f"no collapse diagnostics for {type(genotype).__name__}")
 
 

@@ -5,18 +5,21 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from diffnas.arch import ACTIVATIONS, ArchParameters
 from diffnas.data import Augment, EpochBatches, cycle_batches, load_images, split_indices
+from diffnas.registry import Registry
 from diffnas.runs import tensorboard
+from diffnas.runs.config import ConfigError
 from diffnas.runs.progress import Progress
 from diffnas.runs.rng import capture_rng, restore_rng, seed_everything
 from diffnas.search import STRATEGIES, distributed
 from diffnas.search.diagnostics import collapse_diagnostics, collapse_warning
-from diffnas.spaces import build_supernet
+from diffnas.search.objectives import OBJECTIVES, Objective
+from diffnas.spaces import build_supernet, space_task, space_tasks
 from diffnas.spaces.genotypes import genotype_to_json
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -56,21 +59,47 @@ class SearchSetup:
     val_eval: EpochBatches
     device: torch.device
     dtype: torch.dtype = torch.float32
+    objective: Objective | None = None  # None: the strategy's own (image classification)
+
+    @property
+    def headline(self) -> str:
+        """The task's headline metric, logged as train_<headline> and valid_<headline>."""
+        return "acc" if self.objective is None else self.objective.headline
 
     def batches(self, batches: Iterable[Batch], shard: bool = True) -> Iterator[Batch]:
-        """Global batches in the run's dtype, as this rank's shards (or, for eval, row splits)."""
+        """Global batches in the run's dtype, as this rank's shards (or, for eval, row splits).
+        Integer inputs (token ids) keep their type."""
         for x, y in batches:
-            batch = (x.to(self.dtype), y)
+            batch = (x.to(self.dtype) if x.is_floating_point() else x, y)
             yield distributed.shard(batch) if shard else distributed.split_rows(batch)
 
 
-def build_search(cfg) -> SearchSetup:
-    """Seed, load data, build the supernet, the alphas and the strategy (on every rank)."""
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
-    device = distributed.init_from_env(resolve_device(cfg.run.device))
-    # Every rank seeds alike, so each builds the same model, alphas and global batches.
-    seed_everything(cfg.run.seed)
+@dataclass
+class SearchData:
+    """A task's data for a search: the batch sources and what the supernet and strategy need.
+
+    `train`, `val` and `val_eval` have `len()` and `epoch(seed)` (an iterator of batches);
+    `train` feeds the weight steps, `val` (cycled) the alpha steps, `val_eval` the per-epoch
+    evaluation. `space_options` go to the space's factory.
+    """
+
+    train: object
+    val: object
+    val_eval: object
+    in_channels: int
+    num_classes: int
+    space_options: dict = field(default_factory=dict)
+    objective: Objective | None = None
+
+
+# Data of a search by its task (`search.task`, else the space's own, `diffnas.spaces.space_task`):
+# `fn(cfg, device)`.
+SEARCH_TASKS: Registry = Registry("search task")
+
+
+@SEARCH_TASKS.register("image")
+def image_search_data(cfg, device: torch.device) -> SearchData:
+    """The training images split into the weights' and the alphas' halves."""
     ds = load_images(cfg.data.dataset, "train", cfg.data.data_dir or None)
     n = min(cfg.data.limit, len(ds)) if cfg.data.limit else len(ds)
     train_idx, val_idx = split_indices(n, train_portion(cfg.search, cfg.data.train_portion))
@@ -90,9 +119,95 @@ def build_search(cfg) -> SearchSetup:
     train = EpochBatches(ds, train_idx, bs, aug, train=True, device=device)
     val = EpochBatches(ds, val_idx, bs, aug, train=True, device=device)
     val_eval = EpochBatches(ds, val_idx, cfg.data.eval_batch_size, None, train=False, device=device)
+    return SearchData(train, val, val_eval, ds.in_channels, ds.num_classes)
+
+
+@SEARCH_TASKS.register("lm")
+def lm_search_data(cfg, device: torch.device) -> SearchData:
+    """A word-level corpus (`lm.data_dir`, default PTB): the weights train on the train split
+    (`data.limit` tokens, randomised BPTT lengths), the alphas on the valid split (as the
+    original), which also gives the per-epoch validation perplexity."""
+    from diffnas.data.text import BPTTBatches, batchify, load_corpus
+
+    if distributed.is_distributed():
+        raise ConfigError("the language-model search runs in a single process (no torchrun)")
+    lm = cfg.lm
+    corpus = load_corpus(lm.data_dir)
+    train_ids = corpus.train[: cfg.data.limit] if cfg.data.limit else corpus.train
+    valid_ids = corpus.valid[: lm.valid_limit] if lm.valid_limit else corpus.valid
+    bs = cfg.data.batch_size
+    train = BPTTBatches(
+        batchify(train_ids, bs, "train"),
+        lm.bptt,
+        random_lengths=True,
+        seq_len_std=lm.seq_len_std,
+        max_seq_len_delta=lm.max_seq_len_delta,
+        device=device,
+    )
+    val = BPTTBatches(batchify(valid_ids, bs, "valid"), lm.bptt, device=device)
+    val_eval = BPTTBatches(
+        batchify(valid_ids, cfg.data.eval_batch_size, "valid"), lm.bptt, device=device
+    )
+    objective = OBJECTIVES.get("lm")(cfg)
+    return SearchData(train, val, val_eval, lm.emsize, corpus.ntokens, {"lm": lm}, objective)
+
+
+@SEARCH_TASKS.register("forecast")
+def forecast_search_data(cfg, device: torch.device) -> SearchData:
+    """A series under `[forecast]`'s protocol: the weights train on the protocol's train split
+    (`forecast.train_windows` random windows per epoch if > 0), the alphas, and the per-epoch
+    metrics, on the windows `forecast.search_split` names (the validation split, or the later
+    part of the training windows). The test split is never read."""
+    from diffnas.data.forecast_protocols import (
+        FORECAST_SEARCH_SPLITS,
+        WindowBatches,
+        load_forecast_data,
+    )
+    from diffnas.spaces.forecaster import ForecastShape
+
+    if distributed.is_distributed():
+        raise ConfigError("the forecasting search runs in a single process (no torchrun)")
+    f = cfg.forecast
+    data = load_forecast_data(cfg, device, getattr(torch, cfg.run.dtype))
+    weight_windows, alpha_windows = FORECAST_SEARCH_SPLITS.get(f.search_split)(
+        data, cfg.data.train_portion
+    )
+    bs = cfg.data.batch_size
+    train = WindowBatches(weight_windows, bs, shuffle=True, limit=f.train_windows)
+    val = WindowBatches(alpha_windows, bs, shuffle=True)
+    val_eval = WindowBatches(alpha_windows, cfg.data.eval_batch_size, shuffle=False)
+    shape = ForecastShape(data.n_series, f.lookback, f.horizon, data.protocol.single_step)
+    options = {"task": "forecast", "shape": shape, "forecast": f, "lm": cfg.lm}
+    objective = OBJECTIVES.get("forecast")(cfg, data)
+    return SearchData(train, val, val_eval, data.n_series, data.n_series, options, objective)
+
+
+def search_task(cfg) -> str:
+    """The task a search runs on: `search.task`, or the space's own; a clear error when the
+    space cannot search on it."""
+    task = cfg.search.task or space_task(cfg.space.name)
+    allowed = space_tasks(cfg.space.name)
+    if task not in allowed:
+        raise ConfigError(
+            f"search.task = {task!r}: the space {cfg.space.name!r} searches on "
+            f"{', '.join(map(repr, allowed))} only"
+        )
+    return task
+
+
+def build_search(cfg) -> SearchSetup:
+    """Seed, load data, build the supernet, the alphas and the strategy (on every rank)."""
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    device = distributed.init_from_env(resolve_device(cfg.run.device))
+    # Every rank seeds alike, so each builds the same model, alphas and global batches.
+    seed_everything(cfg.run.seed)
+    data = SEARCH_TASKS.get(search_task(cfg))(cfg, device)
     dtype = getattr(torch, cfg.run.dtype)
     drop_none = not ACTIVATIONS.get(cfg.search.activation).uses_none
-    model = build_supernet(cfg.space, ds.in_channels, ds.num_classes, drop_none)
+    model = build_supernet(
+        cfg.space, data.in_channels, data.num_classes, drop_none, **data.space_options
+    )
     model = model.to(device, dtype)
     if cfg.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -107,10 +222,14 @@ def build_search(cfg) -> SearchSetup:
     # Identical already by seeding; rank 0's copy makes it certain (other torch builds, GPUs).
     distributed.broadcast_module(model)
     distributed.broadcast_module(arch)
+    # The image objective is every strategy's default; other tasks hand theirs over.
+    extra = {} if data.objective is None else {"objective": data.objective}
     strategy = STRATEGIES.get(cfg.search.strategy)(
-        model, arch, cfg.search, steps_per_epoch=len(train)
+        model, arch, cfg.search, steps_per_epoch=len(data.train), **extra
     )
-    return SearchSetup(strategy, train, val, val_eval, device, dtype)
+    if cfg.search.grower != "none" and not hasattr(strategy, "grower"):
+        raise ConfigError(f"search.grower = {cfg.search.grower!r} needs search.strategy = 'darts'")
+    return SearchSetup(strategy, data.train, data.val, data.val_eval, device, dtype, data.objective)
 
 
 def train_epoch(
@@ -149,12 +268,16 @@ def train_epoch(
         for k, v in m.items():  # val_loss only on iterations with an alpha step
             sums[k] = sums.get(k, 0.0) + v
             counts[k] = counts.get(k, 0) + 1
-        bar.update(loss=m["train_loss"], acc=m["train_acc"])
+        h = s.headline
+        bar.update(loss=m["train_loss"], **{h: m[f"train_{h}"]})
         if main and global_step % cfg.run.log_every == 0:
             run.log_metrics(
                 {"kind": "step", "epoch": epoch, "step": global_step, "lr": strategy.lr, **m}
             )
-    return {k: v / counts[k] for k, v in sums.items()}, global_step
+    means = {k: v / counts[k] for k, v in sums.items()}
+    if s.objective is not None:
+        means = s.objective.epoch_metrics(means)
+    return means, global_step
 
 
 def run_search(
@@ -199,6 +322,8 @@ def run_search(
             **strategy.arch_metrics(),
         }
         record.update(strategy.evaluate(s.batches(s.val_eval.epoch(0), shard=False)))
+        if hasattr(strategy, "on_epoch_end"):  # the grower may grow here, before the checkpoint
+            record.update(strategy.on_epoch_end(epoch, record))
         if not main:
             continue
         genotype = strategy.genotype()
@@ -223,7 +348,7 @@ def run_search(
                 "rng": capture_rng(),
             }
         )
-        log(_summary(record))
+        log(_summary(record, s.headline))
         if warning:
             log(warning)
     genotype = strategy.genotype()
@@ -234,10 +359,11 @@ def run_search(
     return genotype
 
 
-def _summary(r: dict) -> str:
+def _summary(r: dict, headline: str = "acc") -> str:
     extra = f" nb201_acc={r['nb201_acc']:.2f}" if "nb201_acc" in r else ""
+    h = headline
     return (
         f"epoch {r['epoch'] + 1}: train_loss={r['train_loss']:.4f} "
-        f"train_acc={r['train_acc']:.2f} valid_acc={r['valid_acc']:.2f} "
+        f"train_{h}={r[f'train_{h}']:.2f} valid_{h}={r[f'valid_{h}']:.2f} "
         f"({r['epoch_time_s']:.1f}s){extra}\n  genotype: {r['genotype']}"
     )

@@ -9,9 +9,18 @@ the setup and dispatches.
 from diffnas.registry import Registry
 from diffnas.select.magnitude import magnitude_select
 from diffnas.select.run import open_select_dir, perturbation_select, run_select
+from diffnas.select.sample_rank import sample_rank_select
 
 SELECTORS: Registry = Registry("selection method")
 SELECTORS.add("magnitude", magnitude_select)
 SELECTORS.add("perturbation", perturbation_select)
+SELECTORS.add("sample_rank", sample_rank_select)  # EN²AS: sample, score, rescore the top
 
-__all__ = ["SELECTORS", "magnitude_select", "open_select_dir", "perturbation_select", "run_select"]
+__all__ = [
+    "SELECTORS",
+    "magnitude_select",
+    "open_select_dir",
+    "perturbation_select",
+    "run_select",
+    "sample_rank_select",
+]

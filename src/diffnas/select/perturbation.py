@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +20,7 @@ from torch import nn
 
 from diffnas.select.projection import Projection, without
 from diffnas.spaces.darts_cnn import DartsSuperNet, edge_list
+from diffnas.spaces.modes import batch_statistics, eval_mode
 from diffnas.spaces.nb201 import EDGES as NB201_EDGES
 from diffnas.spaces.nb201 import NB201SuperNet
 
@@ -84,40 +84,6 @@ def space_layout(model: nn.Module) -> Layout:
 # ---------------------------------------------------------------------------------------------
 # Validation passes
 # ---------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def batch_statistics(model: nn.Module) -> Iterator[None]:
-    """Train mode in which batch norm uses batch statistics and updates nothing.
-
-    Every BN stops tracking running statistics for the duration (so it neither reads nor
-    writes them, nor counts batches); modes and flags are restored afterwards.
-    """
-    modes = [(m, m.training) for m in model.modules()]
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    tracking = [m.track_running_stats for m in bns]
-    try:
-        model.train()
-        for m in bns:
-            m.track_running_stats = False
-        yield
-    finally:
-        for m, track in zip(bns, tracking, strict=True):
-            m.track_running_stats = track
-        for m, mode in modes:
-            m.training = mode
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode (running statistics), the previous modes restored afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
 
 
 def score(

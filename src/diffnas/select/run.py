@@ -199,7 +199,9 @@ def run_select(
     strategy.model.load_state_dict(state["model"])
     strategy.arch.load_state_dict(state["arch"])
     # The architect carries on with its Adam state; the weights get a fresh optimiser.
-    strategy.a_optimizer.load_state_dict(state["a_optimizer"])
+    # Single-path supernets (search.strategy novelty, random_path) learn no alphas: no Adam.
+    if "a_optimizer" in state:
+        strategy.a_optimizer.load_state_dict(state["a_optimizer"])
     return selector(setup, cfg, run, resume=resume, log=log, stop_after=stop_after)
 
 

@@ -8,6 +8,7 @@ takes the edge weights as a dict of tensors, `arch_shapes()` gives their shapes,
 from __future__ import annotations
 
 from diffnas.registry import Registry
+from diffnas.spaces import darts_rnn
 from diffnas.spaces.darts_cnn import DartsSuperNet, edge_list
 from diffnas.spaces.genotypes import DARTS_OPS, NB201_OPS
 from diffnas.spaces.nb201 import NB201SuperNet
@@ -52,9 +53,40 @@ for _name, _sets in ROBUST_DARTS_OP_SETS.items():
     SPACES.add(_name, _darts_builder(_sets))
 
 
-def build_supernet(cfg, in_channels: int, num_classes: int, drop_none: bool = False):
+@SPACES.register("darts_rnn")
+def darts_rnn_space(
+    cfg, in_channels: int, num_classes: int, drop_none: bool = False, task: str = "lm", **options
+):
+    """The DARTS RNN search cell in the supernet of `task` (`darts_rnn.RNN_SEARCH_MODELS`): a
+    language model (`lm=cfg.lm`; `num_classes` is the vocabulary size) or a forecaster
+    (`shape`, `forecast=cfg.forecast`, `lm=cfg.lm`); `in_channels` is unused."""
+    if "lm" not in options:
+        raise ValueError("the darts_rnn space needs the [lm] config section (lm=cfg.lm)")
+    return darts_rnn.RNN_SEARCH_MODELS.get(task)(cfg, num_classes, drop_none, **options)
+
+
+# The task each space searches on by default (the key of `diffnas.search.loop.SEARCH_TASKS`),
+# "image" when a factory names none, and the tasks it can search on (`search.task`), its own
+# task alone when it names none.
+darts_rnn_space.task = "lm"
+darts_rnn_space.tasks = tuple(darts_rnn.RNN_SEARCH_MODELS.names())
+
+
+def space_task(name: str) -> str:
+    """The task the space `name` searches on: "image", "lm", ..."""
+    return getattr(SPACES.get(name), "task", "image")
+
+
+def space_tasks(name: str) -> tuple[str, ...]:
+    """Every task the space `name` can search on (`search.task`), its own first."""
+    own = space_task(name)
+    return (own, *[t for t in getattr(SPACES.get(name), "tasks", ()) if t != own])
+
+
+def build_supernet(cfg, in_channels: int, num_classes: int, drop_none: bool = False, **options):
     """The supernet named by `cfg.name` (a `[space]` config section); `drop_none` leaves the
-    `none` op out of every edge (for activations such as `clip` that have no use for it)."""
+    `none` op out of every edge (for activations such as `clip` that have no use for it);
+    `options` go to the space's factory (the LM spaces take `lm=cfg.lm`)."""
     if cfg.name in ROBUST_DARTS_OP_SETS and cfg.steps != 4:
         raise ValueError(f"space.steps must be 4 for the RobustDARTS space {cfg.name!r}")
-    return SPACES.get(cfg.name)(cfg, in_channels, num_classes, drop_none)
+    return SPACES.get(cfg.name)(cfg, in_channels, num_classes, drop_none, **options)

@@ -133,6 +133,23 @@ class DartsSuperNet(nn.Module):
         """Shapes of the architecture weights the forward expects."""
         return {k: (len(v), len(v[0])) for k, v in self.edge_ops.items()}
 
+    # The growth interface (diffnas.spaces.growth); the morphism lives in growth_cnn.
+    def num_nodes(self) -> int:
+        """Intermediate nodes per cell."""
+        return self.steps
+
+    def growth_blocker(self) -> str | None:
+        """Why this supernet cannot grow a node (None: it can)."""
+        from diffnas.spaces.growth_cnn import growth_blocker
+
+        return growth_blocker(self)
+
+    def grow(self, seed: int | None = None):
+        """Add one intermediate node to every cell, function-preserving (see growth_cnn)."""
+        from diffnas.spaces.growth_cnn import grow_supernet
+
+        return grow_supernet(self, seed)
+
     def forward(self, x, weights: dict[str, torch.Tensor]):
         active = {k: active_mask(w) for k, w in weights.items()}
         s0 = s1 = self.stem(x)

@@ -22,6 +22,9 @@ DARTS_OPS = (
 # `noise` only exists in the RobustDARTS S4 space.
 DARTS_ALL_OPS = DARTS_OPS + ("noise",)
 NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+# The DARTS RNN cell's activations (quark0/darts rnn/genotypes.py PRIMITIVES).
+DARTS_RNN_OPS = ("none", "tanh", "relu", "sigmoid", "identity")
+DARTS_RNN_STEPS = 8
 
 
 class GenotypeError(ValueError):
@@ -198,12 +201,83 @@ class NB201Genotype:
         return self.to_string()
 
 
+RNNGenotype = namedtuple("RNNGenotype", "recurrent concat")
+
+
+def validate_rnn(g: RNNGenotype, steps: int | None = DARTS_RNN_STEPS) -> RNNGenotype:
+    """Check a DARTS RNN genotype (one (op, input) pair per node, input j < node's index, j = 0
+    the highway node s0); return it with lists normalised. Raises GenotypeError."""
+    edges = g.recurrent
+    if not isinstance(edges, list | tuple) or len(edges) == 0:
+        raise GenotypeError(f"recurrent: expected a list of (op, input) pairs, got {edges!r}")
+    if steps is not None and len(edges) != steps:
+        raise GenotypeError(f"recurrent: has {len(edges)} nodes, the space has {steps}")
+    norm = []
+    for i, e in enumerate(edges):
+        if not isinstance(e, list | tuple) or len(e) != 2:
+            raise GenotypeError(f"recurrent[{i}]: expected (op, input), got {e!r}")
+        op, inp = e
+        if op not in DARTS_RNN_OPS or op == "none":
+            allowed = ", ".join(o for o in DARTS_RNN_OPS if o != "none")
+            raise GenotypeError(f"recurrent[{i}]: unknown op {op!r}; allowed: {allowed}")
+        if isinstance(inp, bool) or not isinstance(inp, int) or not 0 <= inp <= i:
+            raise GenotypeError(
+                f"recurrent[{i}]: input {inp!r} of node {i + 1} must be an int in [0, {i}] "
+                "(0 = the highway node s0, k = node k)"
+            )
+        norm.append((op, inp))
+    concat = list(g.concat)
+    if not concat or any(
+        isinstance(c, bool) or not isinstance(c, int) or not 0 <= c <= len(edges) for c in concat
+    ):
+        raise GenotypeError(f"concat: {concat!r} must list node indices in [0, {len(edges)}]")
+    return RNNGenotype(norm, concat)
+
+
+def rnn_to_json(g: RNNGenotype) -> dict:
+    """The JSON form: {"recurrent": [[op, input], ...], "concat": [...]}."""
+    g = validate_rnn(g, steps=None)
+    return {"recurrent": [list(e) for e in g.recurrent], "concat": list(g.concat)}
+
+
+def rnn_from_json(d: dict) -> RNNGenotype:
+    """Inverse of rnn_to_json, with validation."""
+    if not isinstance(d, dict) or set(d) != set(RNNGenotype._fields):
+        raise GenotypeError(
+            f"a DARTS RNN genotype needs exactly the keys recurrent and concat, got {d!r}"
+        )
+    if not isinstance(d["recurrent"], list) or not isinstance(d["concat"], list):
+        raise GenotypeError("recurrent and concat must be JSON lists")
+    edges = [tuple(e) if isinstance(e, list) else e for e in d["recurrent"]]
+    return validate_rnn(RNNGenotype(edges, d["concat"]), steps=None)
+
+
+def rnn_from_string(s: str) -> RNNGenotype:
+    """Parse the printed form `RNNGenotype(recurrent=[('sigmoid', 0), ...], concat=range(1, 9))`
+    (also the original code's `Genotype(recurrent=..., concat=...)`)."""
+    s = s.strip()
+    head = "RNNGenotype(" if s.startswith("RNNGenotype(") else "Genotype("
+    if not s.startswith(head) or not s.endswith(")"):
+        raise GenotypeError("expected text of the form RNNGenotype(recurrent=[...], concat=...)")
+    body = _RANGE.sub(lambda m: repr(list(range(int(m[1]), int(m[2])))), s[len(head) : -1])
+    try:
+        call = ast.parse(f"f({body})", mode="eval").body
+        kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
+    except (SyntaxError, ValueError) as e:
+        raise GenotypeError(f"cannot parse genotype text: {e}") from None
+    if isinstance(kwargs.get("recurrent"), list):
+        kwargs["recurrent"] = [list(e) if isinstance(e, tuple) else e for e in kwargs["recurrent"]]
+    return rnn_from_json(kwargs)
+
+
 def genotype_to_json(g) -> dict:
     """Either genotype kind to its JSON form, tagged with its space family."""
     if isinstance(g, NB201Genotype):
         return {"space": "nb201", **g.to_json()}
     if isinstance(g, Genotype):
         return {"space": "darts", **darts_to_json(g)}
+    if isinstance(g, RNNGenotype):
+        return {"space": "darts_rnn", **rnn_to_json(g)}
     to_json = getattr(g, "to_json", None)
     if to_json is None:
         raise TypeError(f"not a genotype: {g!r}")
@@ -219,7 +293,11 @@ def genotype_from_json(d: dict):
         return NB201Genotype.from_json(body)
     if d["space"] == "darts":
         return darts_from_json(body)
-    raise GenotypeError(f'unknown genotype space {d["space"]!r}; expected "nb201" or "darts"')
+    if d["space"] == "darts_rnn":
+        return rnn_from_json(body)
+    raise GenotypeError(
+        f'unknown genotype space {d["space"]!r}; expected "nb201", "darts" or "darts_rnn"'
+    )
 
 
 def load_genotype(text_or_path: str):
@@ -230,7 +308,7 @@ def load_genotype(text_or_path: str):
     text = text_or_path.strip()
     if text in GENOTYPES:
         return GENOTYPES.get(text).genotype
-    if not text.startswith(("|", "{", "Genotype(")):
+    if not text.startswith(("|", "{", "Genotype(", "RNNGenotype(")):
         p = Path(text)
         if p.is_dir():
             p = p / "genotype.json"
@@ -244,6 +322,8 @@ def load_genotype(text_or_path: str):
     text = text.strip()
     if text.startswith("|"):
         return NB201Genotype.from_string(text)
+    if text.startswith("RNNGenotype(") or (text.startswith("Genotype(") and "recurrent=" in text):
+        return rnn_from_string(text)
     if text.startswith("Genotype("):
         return darts_from_string(text)
     try:

@@ -9,7 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from diffnas.registry import Registry
-from diffnas.spaces.genotypes import Genotype, NB201Genotype, validate_darts
+from diffnas.spaces.genotypes import (
+    Genotype,
+    NB201Genotype,
+    RNNGenotype,
+    validate_darts,
+    validate_rnn,
+)
 
 _CONCAT = [2, 3, 4, 5]
 
@@ -18,7 +24,7 @@ _CONCAT = [2, 3, 4, 5]
 class Published:
     """A genotype with its provenance and the parameter count its source reports."""
 
-    genotype: Genotype | NB201Genotype
+    genotype: Genotype | NB201Genotype | RNNGenotype
     source: str
     params_m: float | None = None  # None where the source gives no figure
 
@@ -54,6 +60,34 @@ GENOTYPES.add(
         ),
         _DARTS + "; second order (paper: 2.76 +- 0.09 % error)",
         3.3,
+    ),
+)  # fmt: skip
+
+# The DARTS RNN cells (quark0/darts rnn/genotypes.py); params_m is the paper's PTB network
+# (850 units, tied embedding), not a CIFAR-10 one.
+_DARTS_RNN = "DARTS paper (Liu et al., ICLR 2019), RNN cells from quark0/darts rnn/genotypes.py"
+GENOTYPES.add(
+    "DARTS_RNN_V1",
+    Published(
+        validate_rnn(RNNGenotype(
+            [("relu", 0), ("relu", 1), ("tanh", 2), ("relu", 3), ("relu", 4), ("identity", 1),
+             ("relu", 5), ("relu", 1)],
+            list(range(1, 9)),
+        )),
+        _DARTS_RNN + "; first order (paper PTB: 60.2 valid / 57.6 test perplexity)",
+        23.0,
+    ),
+)  # fmt: skip
+GENOTYPES.add(
+    "DARTS_RNN_V2",
+    Published(
+        validate_rnn(RNNGenotype(
+            [("sigmoid", 0), ("relu", 1), ("relu", 1), ("identity", 1), ("tanh", 2),
+             ("sigmoid", 5), ("tanh", 3), ("relu", 5)],
+            list(range(1, 9)),
+        )),
+        _DARTS_RNN + "; second order (paper PTB: 58.1 valid / 55.7 test perplexity)",
+        23.0,
     ),
 )  # fmt: skip
 

@@ -5,9 +5,13 @@ the network of `cfg.train.genotype` in run directory `run` and returns the final
 """
 
 from diffnas.registry import Registry
+from diffnas.train.forecast import train_forecast
 from diffnas.train.image import train_image
+from diffnas.train.lm import train_lm
 
 TASKS: Registry = Registry("training task")
 TASKS.add("image", train_image)
+TASKS.add("forecast", train_forecast)
+TASKS.add("lm", train_lm)
 
-__all__ = ["TASKS", "train_image"]
+__all__ = ["TASKS", "train_forecast", "train_image", "train_lm"]

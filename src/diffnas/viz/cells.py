@@ -38,6 +38,8 @@ def cell_graphs(genotype: Any) -> list[tuple[str, CellGraph]]:
         return []
     if hasattr(genotype, "ops") and hasattr(genotype, "to_string"):
         return [("cell", nb201_graph(genotype.ops))]
+    if hasattr(genotype, "recurrent"):
+        return [("recurrent", rnn_graph(genotype.recurrent, genotype.concat))]
     return [
         (kind, darts_graph(getattr(genotype, kind), getattr(genotype, kind + "_concat"), kind))
         for kind in ("normal", "reduce")
@@ -88,6 +90,27 @@ def darts_graph(gene, concat, kind: str) -> CellGraph:
     for c in concat:
         span = steps + 2 - c
         # Below the line (negative), away from the labelled node-to-node arcs above it.
+        g.edges.append((f"s{c}", "out", None, -0.45 * span if span > 1 else 0.0, 0.5))
+    return g
+
+
+def rnn_graph(gene, concat) -> CellGraph:
+    """A DARTS RNN cell: input (x_t, h_{t-1}), highway node 0, nodes 1.. (one input and
+    activation each), output h_t (the mean of the concat nodes)."""
+    g = CellGraph("recurrent cell")
+    g.nodes.append(("in", "x_t, h_{t-1}", "input"))
+    g.pos["in"] = (0.0, 0.0)
+    for i in range(len(gene) + 1):
+        g.nodes.append((f"s{i}", str(i), "node"))
+        g.pos[f"s{i}"] = (STEP * (i + 1), 0.0)
+    g.nodes.append(("out", "h_{t}", "output"))
+    g.pos["out"] = (STEP * (len(gene) + 2), 0.0)
+    g.edges.append(("in", "s0", "highway", 0.0, 0.5))
+    for i, (op, inp) in enumerate(gene, start=1):
+        span = i - inp
+        g.edges.append((f"s{inp}", f"s{i}", op, 0.6 * span if span > 1 else 0.0, 0.5))
+    for c in concat:
+        span = len(gene) + 1 - c
         g.edges.append((f"s{c}", "out", None, -0.45 * span if span > 1 else 0.0, 0.5))
     return g
 
