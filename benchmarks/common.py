@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 from diffnas.runs.config import load_config
@@ -40,3 +41,8 @@ def nb201_search(path: Path, args, seed: int, overrides: list[str]) -> dict:
         print(f"  {path.name}: search done", flush=True)
     epochs = [r for r in RunDir(path).read_metrics() if r["kind"] == "epoch"]
     return {**epochs[-1], "wall_s": sum(r["epoch_time_s"] for r in epochs)}
+
+
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    """Mean and sample std (0 for one value)."""
+    return statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0

@@ -27,7 +27,7 @@ import statistics
 from pathlib import Path
 
 import torch
-from common import nb201_search
+from common import mean_std, nb201_search
 
 from diffnas.bench import get_table
 from diffnas.runs.sweep import parse_seeds
@@ -73,11 +73,6 @@ def seed_rows(args, seed: int) -> dict[str, dict]:
             "tune_s": r.get("tune_time_s", 0.0),
         }
     return rows
-
-
-def mean_std(xs: list[float]) -> tuple[float, float]:
-    """Mean and sample std (0 for one value)."""
-    return statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
 
 
 def main() -> None:

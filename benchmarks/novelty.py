@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import nb201_search
+from common import mean_std, nb201_search
 
 from diffnas.arch import ArchParameters
 from diffnas.bench import get_table
@@ -238,11 +238,6 @@ def seed_rows(args, seed: int) -> dict[str, dict]:
             + r.get("tune_time_s", 0.0),
         }
     return rows
-
-
-def mean_std(xs: list[float]) -> tuple[float, float]:
-    """Mean and sample std (0 for one value)."""
-    return statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
 
 
 def main() -> None:

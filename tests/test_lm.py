@@ -5,10 +5,10 @@ switch (exact resume, result.json), and `diffnas train --task lm`."""
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 import torch
+from helpers import write_tiny_corpus
 
 from diffnas import cli
 from diffnas.arch import ArchParameters
@@ -37,20 +37,7 @@ TINY = [
 @pytest.fixture(scope="module")
 def corpus_dir(tmp_path_factory):
     """A tiny corpus in the PTB layout: random sentences over 12 words."""
-    rng = random.Random(0)
-    words = [f"w{i}" for i in range(12)]
-
-    def text(lines):
-        return "".join(
-            " " + " ".join(rng.choice(words) for _ in range(rng.randint(2, 6))) + " \n"
-            for _ in range(lines)
-        )
-
-    root = tmp_path_factory.mktemp("corpus")
-    (root / "train.txt").write_text(" " + " ".join(words) + " \n" + text(35))
-    (root / "valid.txt").write_text(text(6))
-    (root / "test.txt").write_text(text(6))
-    return root
+    return write_tiny_corpus(tmp_path_factory.mktemp("corpus"), seed=0)
 
 
 def test_language_model_cores_and_config_errors():

@@ -4,12 +4,12 @@ path runs and learns), exact resume of a novelty search, and sample_rank by perp
 from __future__ import annotations
 
 import json
-import random
 from collections import Counter
 
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import write_tiny_corpus
 
 from diffnas.arch import ArchParameters
 from diffnas.runs.config import SearchConfig, load_config
@@ -50,20 +50,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def corpus_dir(tmp_path_factory):
     """A tiny corpus in the PTB layout: random sentences over 12 words."""
-    rng = random.Random(1)
-    words = [f"w{i}" for i in range(12)]
-
-    def text(lines):
-        return "".join(
-            " " + " ".join(rng.choice(words) for _ in range(rng.randint(2, 6))) + " \n"
-            for _ in range(lines)
-        )
-
-    root = tmp_path_factory.mktemp("corpus")
-    (root / "train.txt").write_text(" " + " ".join(words) + " \n" + text(35))
-    (root / "valid.txt").write_text(text(6))
-    (root / "test.txt").write_text(text(6))
-    return root
+    return write_tiny_corpus(tmp_path_factory.mktemp("corpus"), seed=1)
 
 
 def test_rnn_codec_encodes_one_input_and_one_activation_per_node():

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 
 import pytest
 import torch
+from helpers import conv_counter, n_convs
 from torch import nn
 
 from diffnas.arch import ArchParameters
@@ -43,27 +43,6 @@ def make_search(space: str, strategy: str = "random_path", seed: int = 0, **kw):
     base = dict(strategy=strategy, w_lr=0.05, w_lr_min=0.001, epochs=4, novelty_archive=3,
                 novelty_k=2, novelty_es_n=3)  # fmt: skip
     return STRATEGIES.get(strategy)(model, arch, SearchConfig(**{**base, **kw}))
-
-
-def n_convs(module: nn.Module) -> int:
-    """Conv2d layers inside a module."""
-    return sum(isinstance(m, nn.Conv2d) for m in module.modules())
-
-
-@contextlib.contextmanager
-def conv_counter(model: nn.Module):
-    """Count the nn.Conv2d forward calls made inside the block."""
-    calls = [0]
-    hooks = [
-        m.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
-        for m in model.modules()
-        if isinstance(m, nn.Conv2d)
-    ]
-    try:
-        yield calls
-    finally:
-        for h in hooks:
-            h.remove()
 
 
 def op_modules(model: nn.Module, weights: dict[str, torch.Tensor]):

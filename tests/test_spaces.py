@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
+from helpers import conv_counter, n_convs
 from torch import nn
 
 from diffnas.arch import ArchParameters
@@ -16,27 +15,6 @@ from diffnas.spaces.mixed import MixedOp, active_mask
 from diffnas.spaces.nb201 import NB201SuperNet
 
 ALL_SPACES = ("nb201", "darts", "s1", "s2", "s3", "s4")
-
-
-def n_convs(module: nn.Module) -> int:
-    """Conv2d layers inside a module (each runs once per forward of the ops used here)."""
-    return sum(isinstance(m, nn.Conv2d) for m in module.modules())
-
-
-@contextlib.contextmanager
-def conv_counter(model: nn.Module):
-    """Count the nn.Conv2d forward calls made inside the block."""
-    calls = [0]
-    hooks = [
-        m.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
-        for m in model.modules()
-        if isinstance(m, nn.Conv2d)
-    ]
-    try:
-        yield calls
-    finally:
-        for h in hooks:
-            h.remove()
 
 
 def weight_pattern(kind: str, n_ops: int, gen: torch.Generator) -> torch.Tensor:

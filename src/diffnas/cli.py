@@ -226,18 +226,23 @@ def cmd_info(args) -> int:
     print(f"parameters: {count_params(model):,} ({count_params(model) / 1e6:.3f}M)")
     print(f"parameters with the auxiliary head: {count_params(model, auxiliary=True):,}")
     print(f"multiply-adds: {count_macs(model, shape) / 1e6:.1f}M")
-    if args.genotype in GENOTYPES:
-        p = GENOTYPES.get(args.genotype)
-        print(
-            f"source: {p.source}" + (f"; reported: {p.params_m}M parameters" if p.params_m else "")
-        )
+    _print_source(args.genotype)
     return 0
+
+
+def _print_source(name: str) -> None:
+    """The source (and reported size) of a published genotype; nothing for other genotypes."""
+    from diffnas.spaces.published import GENOTYPES
+
+    if name in GENOTYPES:
+        p = GENOTYPES.get(name)
+        reported = f"; reported: {p.params_m}M parameters" if p.params_m else ""
+        print(f"source: {p.source}{reported}")
 
 
 def _info_language_model(args, cfg, genotype) -> int:
     """`diffnas info` of a DARTS RNN genotype: the language model of the `[lm]` recipe."""
     from diffnas.spaces.final import count_params
-    from diffnas.spaces.published import GENOTYPES
     from diffnas.train.lm import build_language_model
 
     model = build_language_model(cfg.lm, args.vocab, genotype)
@@ -245,11 +250,7 @@ def _info_language_model(args, cfg, genotype) -> int:
     print(f"network: language model, lm.core={cfg.lm.core}, lm.nhid={cfg.lm.nhid}, tied decoder")
     print(f"vocabulary: {args.vocab:,} words (PTB's; --vocab for another corpus)")
     print(f"parameters: {count_params(model):,} ({count_params(model) / 1e6:.3f}M)")
-    if args.genotype in GENOTYPES:
-        p = GENOTYPES.get(args.genotype)
-        print(
-            f"source: {p.source}" + (f"; reported: {p.params_m}M parameters" if p.params_m else "")
-        )
+    _print_source(args.genotype)
     return 0
 
 
