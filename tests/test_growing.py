@@ -8,6 +8,7 @@ import io
 
 import pytest
 import torch
+from helpers import extend_weights, trained_looking
 
 from diffnas.arch import ArchParameters
 from diffnas.runs.config import ConfigError, SearchConfig, load_config
@@ -26,30 +27,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
-
-
-def trained_looking(model: torch.nn.Module, seed: int) -> None:
-    """Non-trivial weights and BN running statistics, as after some training."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(0.5 * torch.randn(p.shape, generator=g))
-        for name, b in model.named_buffers():
-            if name.endswith("running_mean"):
-                b.copy_(0.3 * torch.randn(b.shape, generator=g))
-            elif name.endswith("running_var"):
-                b.copy_(0.5 + torch.rand(b.shape, generator=g))
-
-
-def extend_weights(weights, shapes, seed):
-    """The edge weights with random softmax rows appended for the new edges."""
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for k, w in weights.items():
-        rows = shapes[k][0] - w.shape[0]
-        new = torch.softmax(2 * torch.randn(rows, shapes[k][1], generator=g), -1)
-        out[k] = torch.cat([w, new])
-    return out
 
 
 @pytest.mark.parametrize(("mode", "node_bn"), [("eval", False), ("eval", True), ("train", False)])

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from helpers import write_tiny_corpus
+from helpers import TINY_LM, write_tiny_corpus
 
 from diffnas import cli
 from diffnas.arch import ArchParameters
@@ -21,17 +21,7 @@ from diffnas.spaces.genotypes import load_genotype
 from diffnas.train import lm as lm_train
 from diffnas.train.lm import LMTrainer, build_language_model, train_lm
 
-TINY = [
-    "lm.emsize=4",
-    "lm.nhid=4",
-    "lm.bptt=5",
-    "data.batch_size=2",
-    "data.eval_batch_size=2",
-    "lm.test_batch_size=2",
-    "run.threads=1",
-    "run.progress=false",
-    "run.tensorboard=false",
-]
+TINY = TINY_LM
 
 
 @pytest.fixture(scope="module")

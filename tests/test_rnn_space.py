@@ -177,7 +177,7 @@ def test_space_registry_and_paper_size():
     model = RNNLanguageModel(10000, 850, core)
     assert model.decoder.weight is model.encoder.weight
     assert abs(count_params(model) / 1e6 - 23.0) < 0.1
-    with pytest.raises(ValueError, match="needs a genotype"):
+    with pytest.raises(ValueError, match="needs a DARTS RNN genotype.*none was given"):
         build_core("darts_rnn", 4, 4)
 
 

@@ -213,7 +213,8 @@ def cmd_info(args) -> int:
             print(f"{name:16s} {params:>6s}  {p.source}")
         return 0
     cfg, genotype = _train_config(args)
-    if space_family(genotype) == "darts_rnn":
+    if space_family(genotype) in ("darts_rnn", "pair_rnn"):
+        cfg.lm.core = space_family(genotype)  # the searched cell's core
         return _info_language_model(args, cfg, genotype)
     shape = _parse_shape(args.input)
     model = build_final_network(genotype, cfg.train, shape[0], args.classes)
@@ -241,7 +242,7 @@ def _print_source(name: str) -> None:
 
 
 def _info_language_model(args, cfg, genotype) -> int:
-    """`diffnas info` of a DARTS RNN genotype: the language model of the `[lm]` recipe."""
+    """`diffnas info` of a recurrent cell's genotype: the language model of the `[lm]` recipe."""
     from diffnas.spaces.final import count_params
     from diffnas.train.lm import build_language_model
 

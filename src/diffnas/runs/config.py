@@ -196,8 +196,10 @@ class SpaceConfig:
     name: str = setting(
         "nb201",
         "Search space: the NAS-Bench-201 cell, the DARTS CNN cell, a RobustDARTS reduction "
-        "of it (S1-S4), or the DARTS RNN cell (`darts_rnn`: language modelling, sized by "
-        "`[lm]`; see configs/darts_rnn_ptb.toml).",
+        "of it (S1-S4), the DARTS RNN cell (`darts_rnn`: language modelling, sized by "
+        "`[lm]`; see configs/darts_rnn_ptb.toml), or the two-input recurrent backbone "
+        "(`pair_rnn`, ours: ops of two inputs such as the Hadamard product; `pair_*` keys; "
+        "configs/pair_rnn_ptb.toml).",
         choices=RegistryChoices("diffnas.spaces", "SPACES", SPACES_FALLBACK),
     )
     C: int = setting(16, "Channels of the first cell (doubled at each reduction).", min=1)
@@ -218,6 +220,22 @@ class SpaceConfig:
         False,
         "A BatchNorm without affine after each intermediate node's sum (DARTS-PRIME's statebn, "
         "meant for `search.activation = 'clip'`, whose edge weights do not sum to 1).",
+    )
+    pair_second: str = setting(
+        "s0",
+        "`pair_rnn`: the second input b of node k (its first is a = s_(k-1)): `s0` the highway "
+        "node, `previous` node k-2 (s0 for k < 3), `hidden` h_(t-1), the cell's previous output.",
+        choices=("s0", "previous", "hidden"),
+    )
+    pair_output: str = setting(
+        "mean",
+        "`pair_rnn`: the cell's output h_t: `mean` of its nodes (as the DARTS RNN cell) or the "
+        "`last` node.",
+        choices=("mean", "last"),
+    )
+    pair_none: bool = setting(
+        False,
+        "`pair_rnn`: include the `none` op (a zero output) among each node's candidates.",
     )
 
 
@@ -399,10 +417,12 @@ class SearchConfig:
         "none",
         "Grow the supernet during the search (ours, ALGORITHMS.md 5.2; `darts` strategy): "
         "`none` keeps its size; `morphism` adds one intermediate node to every cell when the "
-        "`grow_trigger` fires, function-preserving (new node in the concatenated output, zero "
-        "weights where later cells and the classifier read its channels), from `space.steps` "
-        "nodes (the start; DARTS spaces need `space.multiplier = space.steps`) up to "
-        "`grow_max_nodes`. Optimiser state of the old weights and alphas is kept.",
+        "`grow_trigger` fires, function-preserving (DARTS CNN: new node in the concatenated "
+        "output, zero weights where later cells and the classifier read its channels; "
+        "`darts_rnn`, `pair_rnn`: the new node enters the cell's output at presence 0, ramped "
+        "to 1 over `grow_ramp_epochs`), from `space.steps` nodes (the start; DARTS CNN spaces "
+        "need `space.multiplier = space.steps`) up to `grow_max_nodes`. Optimiser state of the "
+        "old weights and alphas is kept. See docs/GROWING.md.",
         choices=RegistryChoices("diffnas.search.growing", "GROWERS", ("none",)),
     )
     grow_max_nodes: int = setting(
@@ -416,6 +436,13 @@ class SearchConfig:
         choices=RegistryChoices("diffnas.search.growing", "GROWTH_TRIGGERS", ("every",)),
     )
     grow_every: int = setting(5, "`every` trigger: G, epochs between growth steps.", min=1)
+    grow_ramp_epochs: int = setting(
+        1,
+        "Recurrent cells (`darts_rnn`, `pair_rnn`): a new node joins the cell's output at "
+        "presence 0 (the function is unchanged at growth) and its presence rises linearly, step "
+        "by step, to 1 over this many epochs (0: at once, a jump at the next step).",
+        min=0,
+    )
     grow_patience: int = setting(
         3, "`plateau` trigger: P, the epochs over which the improvement is measured.", min=1
     )
@@ -740,7 +767,7 @@ class LMConfig:
         "Recurrent core: `darts_rnn` (the final DARTS cell of `train.genotype`), or the `lstm` "
         "and `gru` baselines (no genotype). The search always uses the search cell.",
         choices=RegistryChoices(
-            "diffnas.spaces.recurrent", "RECURRENT_CORES", ("darts_rnn", "gru", "lstm")
+            "diffnas.spaces.recurrent", "RECURRENT_CORES", ("darts_rnn", "gru", "lstm", "pair_rnn")
         ),
     )
     data_dir: str = setting(

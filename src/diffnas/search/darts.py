@@ -96,6 +96,7 @@ class DartsSearch:
         drawn for the iterations that take an alpha step. The metrics have `val_loss` only then.
         """
         self.model.train()
+        self.grower.on_step_start()  # a growing recurrent cell ramps its new node in
         val_loss = None
         # The objective may scale this step's learning rate (LM: by the segment's length).
         scale = self.objective.lr_scale(train_batch)

@@ -10,7 +10,8 @@ from collections import Counter
 import torch
 
 from diffnas.ops.cnn import PARAMETER_FREE
-from diffnas.spaces.genotypes import Genotype, NB201Genotype, RNNGenotype
+from diffnas.spaces.genotypes import Genotype, NB201Genotype, PairRNNGenotype, RNNGenotype
+from diffnas.spaces.pair_rnn import PAIR_PARAMETER_FREE
 
 
 def cell_ops(genotype) -> dict[str, list[str]]:
@@ -23,9 +24,19 @@ def cell_ops(genotype) -> dict[str, list[str]]:
             "reduce": [op for op, _ in genotype.reduce],
         }
     if isinstance(genotype, RNNGenotype):
-        # Every RNN node has its own W_i: none of its activations is parameter-free.
         return {"recurrent": [op for op, _ in genotype.recurrent]}
+    if isinstance(genotype, PairRNNGenotype):
+        return {"recurrent": list(genotype.ops)}
     raise TypeError(f"no collapse diagnostics for {type(genotype).__name__}")
+
+
+def parameter_free(genotype) -> frozenset[str]:
+    """The op names of the genotype's space that have no weights."""
+    if isinstance(genotype, RNNGenotype):
+        return frozenset()  # every DARTS RNN node has its own W_i
+    if isinstance(genotype, PairRNNGenotype):
+        return PAIR_PARAMETER_FREE
+    return PARAMETER_FREE
 
 
 def edge_entropy(weights: torch.Tensor) -> list[float]:
@@ -42,13 +53,11 @@ def edge_entropy(weights: torch.Tensor) -> list[float]:
 def collapse_diagnostics(genotype, weights: dict[str, torch.Tensor]) -> dict:
     """Per cell type: the derived cell's parameter-free ops (count and which), and every edge's
     weight entropy."""
-    ops = cell_ops(genotype)
+    ops, free = cell_ops(genotype), parameter_free(genotype)
     return {
-        "param_free_ops": {k: sum(o in PARAMETER_FREE for o in v) for k, v in ops.items()},
+        "param_free_ops": {k: sum(o in free for o in v) for k, v in ops.items()},
         "cell_ops": {k: len(v) for k, v in ops.items()},
-        "param_free_kinds": {
-            k: dict(Counter(o for o in v if o in PARAMETER_FREE)) for k, v in ops.items()
-        },
+        "param_free_kinds": {k: dict(Counter(o for o in v if o in free)) for k, v in ops.items()},
         "edge_entropy": {k: edge_entropy(w) for k, w in weights.items()},
     }
 

@@ -243,6 +243,10 @@ class NoGrower:
     def on_epoch_start(self, epoch: int) -> None:
         """Called at the start of every epoch (nothing to do for the growers here)."""
 
+    def on_step_start(self) -> None:
+        """Called before every search step (alpha and weight), after `search.epoch_step` counts
+        the steps already taken this epoch."""
+
     def on_epoch_end(self, epoch: int, record: dict) -> dict:
         """After the epoch's validation pass: grow if due; extra metrics for the epoch record."""
         return {}
@@ -266,7 +270,8 @@ class MorphismGrower(NoGrower):
         if not callable(getattr(model, "grow", None)):
             raise ConfigError(
                 f"{where}: the search space (space.name) builds a {type(model).__name__}, which "
-                "has no growth rule (space.name = 'darts' has one); set search.grower = 'none'"
+                "has no growth rule (the spaces darts, darts_rnn and pair_rnn have one); set "
+                "search.grower = 'none'"
             )
         reason = model.growth_blocker()
         if reason is not None:
@@ -286,6 +291,7 @@ class MorphismGrower(NoGrower):
             )
         self.search, self.cfg = search, cfg
         self.max_nodes = cfg.grow_max_nodes
+        self.ramp_epochs = cfg.grow_ramp_epochs
         self.trigger = GROWTH_TRIGGERS.get(cfg.grow_trigger)(cfg)
         self.mode = GROWTH_MODES.get(cfg.grow_mode)(cfg)
         # build_search seeds everything before building the strategy, so this is run.seed on a
@@ -312,6 +318,29 @@ class MorphismGrower(NoGrower):
             replace_param(s.a_optimizer, old, new)
         return old_rows
 
+    def presence_at(self, grown_after: int) -> float:
+        """The presence now of a node added after epoch `grown_after`: linear in the steps
+        taken since, from 1 / (R * steps per epoch) at the first step to 1 after R epochs
+        (R = `grow_ramp_epochs`; 0: 1 at once). A pure function of (epoch, step), so a resumed
+        run ramps exactly as an uninterrupted one."""
+        s = self.search
+        if self.ramp_epochs == 0:
+            return 1.0
+        since = (s.epoch - grown_after - 1) * s.steps_per_epoch + s.epoch_step
+        return min(1.0, (since + 1) / (self.ramp_epochs * s.steps_per_epoch))
+
+    def on_step_start(self) -> None:
+        # The recurrent cells read new nodes through a presence (`NodePresence`); the CNN
+        # morphism needs none (zero reader weights), and its supernet has no set_presence.
+        model = self.search.model
+        if not self.grown_at or not hasattr(model, "set_presence"):
+            return
+        first = model.num_nodes() - len(self.grown_at)
+        for i, epoch in enumerate(self.grown_at):
+            node = first + i
+            if model.presence()[node] < 1.0:
+                model.set_presence(node, self.presence_at(epoch))
+
     def on_epoch_end(self, epoch: int, record: dict) -> dict:
         s = self.search
         out = {"nodes": s.model.num_nodes(), "active_edges": active_edges(s.arch), "grew": False}
@@ -327,11 +356,14 @@ class MorphismGrower(NoGrower):
         return out
 
     def state_dict(self) -> dict:
-        return {
+        state = {
             "grown_at": list(self.grown_at),
             "seed": self.seed,
             "trigger": self.trigger.state_dict(),
         }
+        if hasattr(self.search.model, "presence"):  # a recurrent cell ramping a node in
+            state["presence"] = self.search.model.presence()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         saved = list(state.get("grown_at", []))
@@ -347,3 +379,5 @@ class MorphismGrower(NoGrower):
             self.grow()
             self.grown_at.append(epoch)
         self.trigger.load_state_dict(state.get("trigger", self.trigger.state_dict()))
+        for node, value in enumerate(state.get("presence", [])):
+            self.search.model.set_presence(node, value)

@@ -8,7 +8,7 @@ takes the edge weights as a dict of tensors, `arch_shapes()` gives their shapes,
 from __future__ import annotations
 
 from diffnas.registry import Registry
-from diffnas.spaces import darts_rnn
+from diffnas.spaces import darts_rnn, pair_rnn
 from diffnas.spaces.darts_cnn import DartsSuperNet, edge_list
 from diffnas.spaces.genotypes import DARTS_OPS, NB201_OPS
 from diffnas.spaces.nb201 import NB201SuperNet
@@ -53,23 +53,36 @@ for _name, _sets in ROBUST_DARTS_OP_SETS.items():
     SPACES.add(_name, _darts_builder(_sets))
 
 
-@SPACES.register("darts_rnn")
-def darts_rnn_space(
-    cfg, in_channels: int, num_classes: int, drop_none: bool = False, task: str = "lm", **options
-):
-    """The DARTS RNN search cell in the supernet of `task` (`darts_rnn.RNN_SEARCH_MODELS`): a
-    language model (`lm=cfg.lm`; `num_classes` is the vocabulary size) or a forecaster
-    (`shape`, `forecast=cfg.forecast`, `lm=cfg.lm`); `in_channels` is unused."""
-    if "lm" not in options:
-        raise ValueError("the darts_rnn space needs the [lm] config section (lm=cfg.lm)")
-    return darts_rnn.RNN_SEARCH_MODELS.get(task)(cfg, num_classes, drop_none, **options)
+def _recurrent_space(name: str, models: Registry):
+    """A recurrent space whose supernet depends on the task (`models`: task -> factory)."""
+
+    def build(
+        cfg,
+        in_channels: int,
+        num_classes: int,
+        drop_none: bool = False,
+        task: str = "lm",
+        **options,
+    ):
+        if "lm" not in options:
+            raise ValueError(f"the {name} space needs the [lm] config section (lm=cfg.lm)")
+        return models.get(task)(cfg, num_classes, drop_none, **options)
+
+    build.__doc__ = (
+        f"The {name} search cell in the supernet of `task`: a language model (`lm=cfg.lm`; "
+        "`num_classes` is the vocabulary size) or a forecaster (`shape`, `forecast=cfg.forecast`, "
+        "`lm=cfg.lm`); `in_channels` is unused."
+    )
+    # The task each space searches on by default (the key of `diffnas.search.loop.SEARCH_TASKS`),
+    # "image" when a factory names none, and the tasks it can search on (`search.task`), its
+    # own task alone when it names none.
+    build.task = "lm"
+    build.tasks = tuple(models.names())
+    SPACES.add(name, build)
 
 
-# The task each space searches on by default (the key of `diffnas.search.loop.SEARCH_TASKS`),
-# "image" when a factory names none, and the tasks it can search on (`search.task`), its own
-# task alone when it names none.
-darts_rnn_space.task = "lm"
-darts_rnn_space.tasks = tuple(darts_rnn.RNN_SEARCH_MODELS.names())
+_recurrent_space("darts_rnn", darts_rnn.RNN_SEARCH_MODELS)
+_recurrent_space("pair_rnn", pair_rnn.PAIR_SEARCH_MODELS)
 
 
 def space_task(name: str) -> str:

@@ -26,6 +26,7 @@ from torch import nn
 from diffnas.registry import Registry
 from diffnas.spaces.forecaster import ForecastShape, RecurrentForecaster
 from diffnas.spaces.genotypes import DARTS_RNN_OPS, DARTS_RNN_STEPS, RNNGenotype, validate_rnn
+from diffnas.spaces.growth import Growth, NodePresence, forked_rng
 from diffnas.spaces.language_model import INIT_RANGE, RNNLanguageModel, dropout_mask
 from diffnas.spaces.recurrent import RECURRENT_CORES
 
@@ -46,28 +47,25 @@ def edge_offset(node: int) -> int:
     return (node - 1) * node // 2
 
 
-class _DartsRNNCellBase(nn.Module):
-    """The parameters (W0, W_1..W_steps) and the time loop shared by search and final cells."""
+class HighwayRecurrence(nn.Module):
+    """Node 0 and the time loop shared by the DARTS RNN cells and the two-input backbone:
+    s0 = h_{t-1} + sigmoid(c0) * (tanh(h0) - h_{t-1}), [c0; h0] = [x_t; h_{t-1}] W0, then
+    `cell(s0, h_{t-1}, h_mask) -> h_t`, with the variational dropouts of the original."""
 
-    def __init__(
-        self, input_size: int, hidden_size: int, steps: int, dropouth: float, dropoutx: float
-    ):
+    def __init__(self, input_size: int, hidden_size: int, dropouth: float, dropoutx: float):
         super().__init__()
-        self.input_size, self.hidden_size, self.steps = input_size, hidden_size, steps
+        self.input_size, self.hidden_size = input_size, hidden_size
         self.dropouth, self.dropoutx = dropouth, dropoutx
         d = hidden_size
         self.W0 = nn.Parameter(torch.empty(input_size + d, 2 * d).uniform_(-INIT_RANGE, INIT_RANGE))
-        self.Ws = nn.ParameterList(
-            nn.Parameter(torch.empty(d, 2 * d).uniform_(-INIT_RANGE, INIT_RANGE))
-            for _ in range(steps)
-        )
 
     def init_hidden(self, batch_size: int) -> torch.Tensor:
         """Zero state [batch_size, hidden_size]."""
         return self.W0.new_zeros(batch_size, self.hidden_size)
 
     def _run(self, x: torch.Tensor, hidden: torch.Tensor | None, cell) -> tuple:
-        """Apply `cell(s0, h_mask) -> h_t` at every step; (outputs [T, B, d], last state)."""
+        """Apply `cell(s0, h_prev, h_mask) -> h_t` at every step; (outputs [T, B, d], last
+        state)."""
         T, B, _ = x.shape
         d = self.hidden_size
         h = self.init_hidden(B) if hidden is None else hidden
@@ -85,13 +83,53 @@ class _DartsRNNCellBase(nn.Module):
             hm = h if h_mask is None else h * h_mask
             c0, h0 = (xw[t] + hm @ w0h).split(d, dim=-1)
             s0 = h + torch.sigmoid(c0) * (torch.tanh(h0) - h)
-            h = cell(s0, h_mask)
+            h = cell(s0, h, h_mask)
             outs.append(h)
         return torch.stack(outs), h
 
 
-class DartsRNNSearchCell(_DartsRNNCellBase):
-    """The DARTS RNN search cell: forward(x [T, B, in], hidden [B, d], weights [edges, ops])."""
+def node_weight(rows: int, cols: int) -> nn.Parameter:
+    """A node matrix initialised as the original's (uniform in +-INIT_RANGE)."""
+    return nn.Parameter(torch.empty(rows, cols).uniform_(-INIT_RANGE, INIT_RANGE))
+
+
+def shared_norm(bn: nn.BatchNorm1d | None, training: bool, calls: int):
+    """The search cells' one BatchNorm (affine=False) for s0 and every node, as a function
+    (the identity without BN): F.batch_norm on the module's buffers does what bn(s) does,
+    without the module-call overhead of steps + 1 calls per time step; `calls` (the BN calls
+    of this forward) advance num_batches_tracked once."""
+    if bn is None:
+        return lambda s: s
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    use_batch = training or bn.running_mean is None
+    if training:
+        bn.num_batches_tracked.add_(calls)
+
+    def norm(s):
+        return F.batch_norm(
+            s, bn.running_mean, bn.running_var, None, None, use_batch, momentum, bn.eps
+        )
+
+    return norm
+
+
+class _DartsRNNCellBase(HighwayRecurrence):
+    """The parameters W0, W_1..W_steps of the DARTS RNN cells."""
+
+    def __init__(
+        self, input_size: int, hidden_size: int, steps: int, dropouth: float, dropoutx: float
+    ):
+        super().__init__(input_size, hidden_size, dropouth, dropoutx)
+        self.steps = steps
+        d = hidden_size
+        self.Ws = nn.ParameterList(node_weight(d, 2 * d) for _ in range(steps))
+
+
+class DartsRNNSearchCell(NodePresence, _DartsRNNCellBase):
+    """The DARTS RNN search cell: forward(x [T, B, in], hidden [B, d], weights [edges, ops]).
+
+    Its output is the presence-weighted mean of the nodes (`NodePresence`: the plain mean
+    unless the cell is growing); `add_node()` appends a node at presence 0."""
 
     def __init__(
         self,
@@ -110,6 +148,17 @@ class DartsRNNSearchCell(_DartsRNNCellBase):
         self.ops = tuple(ops)
         # One BN (affine=False) for s0 and every node, as in the original search cell.
         self.bn = nn.BatchNorm1d(hidden_size, affine=False) if batch_norm else None
+        self.presence = [1.0] * steps
+
+    def add_node(self) -> nn.Parameter:
+        """Append node steps+1 (edges from every state, a fresh W drawn from the global
+        generator) at presence 0: the output is unchanged until the presence ramps up."""
+        d = self.hidden_size
+        w = node_weight(d, 2 * d).to(self.W0)
+        self.Ws.append(w)
+        self.steps += 1
+        self.presence.append(0.0)
+        return w
 
     def _plan(self, w: torch.Tensor):
         """Per node: (active predecessors, their weights per active op [k, 1, 1], the sum of
@@ -141,23 +190,10 @@ class DartsRNNSearchCell(_DartsRNNCellBase):
             )
         plan = self._plan(weights)
         d = self.hidden_size
-        bn = self.bn
-        if bn is not None:
-            # F.batch_norm on the module's buffers: what bn(s) does, without the module-call
-            # overhead of 9 calls per time step.
-            momentum = 0.0 if bn.momentum is None else bn.momentum
-            use_batch = self.training or bn.running_mean is None
-            if self.training:
-                bn.num_batches_tracked.add_(len(x) * (self.steps + 1))
+        norm = shared_norm(self.bn, self.training, len(x) * (self.steps + 1))
 
-            def norm(s):
-                return F.batch_norm(
-                    s, bn.running_mean, bn.running_var, None, None, use_batch, momentum, bn.eps
-                )
-
-        def cell(s0, h_mask):
-            if bn is not None:
-                s0 = norm(s0)
+        def cell(s0, h_prev, h_mask):
+            s0 = norm(s0)
             states = [s0]
             masked = [s0 if h_mask is None else s0 * h_mask]
             for i, node in enumerate(plan):
@@ -180,11 +216,10 @@ class DartsRNNSearchCell(_DartsRNNCellBase):
                         g = torch.addcmul(g, w_o, fn(h))
                     ws = wsum * S
                     s = torch.addcmul(ws, c, g - ws).sum(0)
-                if bn is not None:
-                    s = norm(s)
+                s = norm(s)
                 states.append(s)
                 masked.append(s if h_mask is None else s * h_mask)
-            return torch.stack(states[1:]).mean(0)
+            return self.present_mean(states[1:])
 
         return self._run(x, hidden, cell)
 
@@ -218,7 +253,7 @@ class DartsRNNCell(_DartsRNNCellBase):
             torch.cat([self.Ws[i] for i in ch], dim=1) if ch else None for ch in self.children_of
         ]
 
-        def cell(s0, h_mask):
+        def cell(s0, h_prev, h_mask):
             states: list[torch.Tensor | None] = [s0] + [None] * self.steps
             for src, children in enumerate(self.children_of):
                 if not children:
@@ -242,12 +277,12 @@ def darts_rnn_core(
     dropoutx: float = 0.0,
 ) -> DartsRNNCell:
     """The final DARTS RNN cell of `genotype` (e.g. load_genotype("DARTS_RNN_V2"))."""
-    if genotype is None:
-        raise ValueError(
-            "the darts_rnn core needs a genotype (train.genotype / --genotype, e.g. DARTS_RNN_V2)"
-        )
     if not isinstance(genotype, RNNGenotype):
-        raise ValueError(f"the darts_rnn core needs a DARTS RNN genotype, got {genotype}")
+        got = "none was given" if genotype is None else f"got {genotype}"
+        raise ValueError(
+            "the darts_rnn core needs a DARTS RNN genotype (train.genotype / --genotype: "
+            f"DARTS_RNN_V2, a darts_rnn search's run directory, ...); {got}"
+        )
     return DartsRNNCell(input_size, hidden_size, genotype, dropouth, dropoutx)
 
 
@@ -264,11 +299,44 @@ def derive_genotype(w: torch.Tensor, ops: tuple[str, ...], steps: int) -> RNNGen
     return RNNGenotype(recurrent, list(range(1, steps + 1)))
 
 
-class DartsRNNArch:
-    """The architecture interface of a model around a DARTS RNN search cell (`self.steps`,
-    `self.op_names`): the weights' shapes, the derivation rule and the projection."""
+class RecurrentGrowth:
+    """The growth interface (`diffnas.spaces.growth`) of a model around a growing recurrent
+    search cell (`self.core`, with `add_node()` and `NodePresence`): the new node joins at
+    presence 0, so the model's function is unchanged; the grower ramps it in
+    (`set_presence`)."""
 
     steps: int
+    core: nn.Module
+
+    def num_nodes(self) -> int:
+        """Intermediate nodes of the cell now."""
+        return self.steps
+
+    def growth_blocker(self) -> str | None:
+        """The recurrent cells can always grow."""
+        return None
+
+    def grow(self, seed: int | None = None) -> Growth:
+        """Add one node to the cell, in place, function-preserving (its presence is 0)."""
+        with forked_rng(seed):
+            params = self.core.add_node()
+        self.steps = self.core.steps
+        added = list(params) if isinstance(params, list | tuple) else [params]
+        return Growth(nodes=self.steps, added=added)
+
+    def presence(self) -> list[float]:
+        """The presence of each node in the cell's output (1: a full node)."""
+        return list(self.core.presence)
+
+    def set_presence(self, node: int, value: float) -> None:
+        """Set the presence of node `node` (0-based among the intermediate nodes)."""
+        self.core.presence[node] = float(value)
+
+
+class DartsRNNArch(RecurrentGrowth):
+    """The architecture interface of a model around a DARTS RNN search cell (`self.steps`,
+    `self.op_names`): the weights' shapes, the derivation rule, the projection and growth."""
+
     op_names: tuple[str, ...]
 
     def arch_shapes(self) -> dict[str, tuple[int, int]]:

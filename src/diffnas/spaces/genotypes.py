@@ -25,6 +25,14 @@ NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3
 # The DARTS RNN cell's activations (quark0/darts rnn/genotypes.py PRIMITIVES).
 DARTS_RNN_OPS = ("none", "tanh", "relu", "sigmoid", "identity")
 DARTS_RNN_STEPS = 8
+# The two-input backbone's candidates g(a, b) (ALGORITHMS.md 5.2, ours): a the previous node,
+# b the second source; `none` is optional in the search and never derived.
+PAIR_RNN_OPS = ("none", "hadamard", "add", "gate", "tanh", "relu", "identity")
+# Where node k's second input b comes from: s0 (the highway node), `previous` (node k-2, s0
+# for k < 3) or `hidden` (h_{t-1}, the cell's previous output).
+PAIR_RNN_SECONDS = ("s0", "previous", "hidden")
+# What the cell outputs: the mean of its nodes, or the last node.
+PAIR_RNN_OUTPUTS = ("mean", "last")
 
 
 class GenotypeError(ValueError):
@@ -270,6 +278,73 @@ def rnn_from_string(s: str) -> RNNGenotype:
     return rnn_from_json(kwargs)
 
 
+@dataclass(frozen=True)
+class PairRNNGenotype:
+    """A cell of the two-input recurrent backbone: ops[k - 1] combines node k's two inputs
+    (a = s_{k-1}, b = its `second` source); the cell outputs the mean of its nodes or the
+    last one (`output`)."""
+
+    ops: tuple[str, ...]
+    second: str = "s0"
+    output: str = "mean"
+
+    def __post_init__(self):
+        if not isinstance(self.ops, list | tuple) or not self.ops:
+            raise GenotypeError(f"ops: expected a non-empty list of op names, got {self.ops!r}")
+        object.__setattr__(self, "ops", tuple(self.ops))
+        allowed = ", ".join(o for o in PAIR_RNN_OPS if o != "none")
+        for k, op in enumerate(self.ops, start=1):
+            if op not in PAIR_RNN_OPS or op == "none":
+                raise GenotypeError(f"node {k}: unknown op {op!r}; allowed: {allowed}")
+        if self.second not in PAIR_RNN_SECONDS:
+            raise GenotypeError(
+                f"second: {self.second!r} is not a second source; allowed: "
+                f"{', '.join(PAIR_RNN_SECONDS)}"
+            )
+        if self.output not in PAIR_RNN_OUTPUTS:
+            raise GenotypeError(f"output: {self.output!r}; allowed: {', '.join(PAIR_RNN_OUTPUTS)}")
+
+    def to_json(self) -> dict:
+        """{"space": "pair_rnn", "ops": [...], "second": ..., "output": ...}."""
+        return {
+            "space": "pair_rnn",
+            "ops": list(self.ops),
+            "second": self.second,
+            "output": self.output,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> PairRNNGenotype:
+        """Inverse of to_json (without the "space" tag), with validation."""
+        if not isinstance(d, dict) or "ops" not in d or not set(d) <= {"ops", "second", "output"}:
+            raise GenotypeError(
+                f"a two-input RNN genotype needs the key ops (and optionally second, output), "
+                f"got {d!r}"
+            )
+        return cls(d["ops"], d.get("second", "s0"), d.get("output", "mean"))
+
+    def to_string(self) -> str:
+        """The printed form, which `from_string` and `load_genotype` read."""
+        ops, second, output = list(self.ops), self.second, self.output
+        return f"PairRNNGenotype(ops={ops!r}, second={second!r}, output={output!r})"
+
+    @classmethod
+    def from_string(cls, s: str) -> PairRNNGenotype:
+        """Parse the printed form `PairRNNGenotype(ops=[...], second='s0', output='mean')`."""
+        s = s.strip()
+        if not s.startswith("PairRNNGenotype(") or not s.endswith(")"):
+            raise GenotypeError("expected text of the form PairRNNGenotype(ops=[...], ...)")
+        try:
+            call = ast.parse(f"f({s[len('PairRNNGenotype(') : -1]})", mode="eval").body
+            kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
+        except (SyntaxError, ValueError) as e:
+            raise GenotypeError(f"cannot parse genotype text: {e}") from None
+        return cls.from_json(kwargs)
+
+    def __str__(self) -> str:
+        return self.to_string()
+
+
 def genotype_to_json(g) -> dict:
     """Either genotype kind to its JSON form, tagged with its space family."""
     if isinstance(g, NB201Genotype):
@@ -295,8 +370,11 @@ def genotype_from_json(d: dict):
         return darts_from_json(body)
     if d["space"] == "darts_rnn":
         return rnn_from_json(body)
+    if d["space"] == "pair_rnn":
+        return PairRNNGenotype.from_json(body)
     raise GenotypeError(
-        f'unknown genotype space {d["space"]!r}; expected "nb201", "darts" or "darts_rnn"'
+        f'unknown genotype space {d["space"]!r}; expected "nb201", "darts", "darts_rnn" or '
+        '"pair_rnn"'
     )
 
 
@@ -308,7 +386,7 @@ def load_genotype(text_or_path: str):
     text = text_or_path.strip()
     if text in GENOTYPES:
         return GENOTYPES.get(text).genotype
-    if not text.startswith(("|", "{", "Genotype(", "RNNGenotype(")):
+    if not text.startswith(("|", "{", "Genotype(", "RNNGenotype(", "PairRNNGenotype(")):
         p = Path(text)
         if p.is_dir():
             p = p / "genotype.json"
@@ -322,6 +400,8 @@ def load_genotype(text_or_path: str):
     text = text.strip()
     if text.startswith("|"):
         return NB201Genotype.from_string(text)
+    if text.startswith("PairRNNGenotype("):
+        return PairRNNGenotype.from_string(text)
     if text.startswith("RNNGenotype(") or (text.startswith("Genotype(") and "recurrent=" in text):
         return rnn_from_string(text)
     if text.startswith("Genotype("):

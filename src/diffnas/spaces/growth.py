@@ -23,6 +23,7 @@ The contract of `grow` (tested for every space that implements it):
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -71,3 +72,52 @@ def widen_input(module: nn.Module, extra: int, growth: Growth) -> None:
     new = nn.Parameter(pad_to(old.detach(), shape), requires_grad=old.requires_grad)
     module.weight = new
     growth.replaced.append((old, new))
+
+
+# ---------------------------------------------------------------------------------------------
+# Node presence: how the recurrent cells grow function-preserving
+# ---------------------------------------------------------------------------------------------
+
+
+class NodePresence:
+    """A mixin for a cell whose output reads its nodes (all of them, or the last one), with a
+    presence p_k in [0, 1] per node: 1 for every node of a fixed-size cell, 0 for a node just
+    added by growth (so the output is exactly what it was), then ramped to 1 by the grower
+    (`search.grow_ramp_epochs`). The presences are plain floats (no device sync per forward);
+    they are the grower's state, not the module's (a fixed-size cell's are all 1)."""
+
+    presence: list[float]
+
+    def present_mean(self, states: list[torch.Tensor]) -> torch.Tensor:
+        """The presence-weighted mean of the nodes' states (the plain mean when all are 1)."""
+        if all(p == 1.0 for p in self.presence):
+            return torch.stack(states).mean(0)
+        live = [(s, p) for s, p in zip(states, self.presence, strict=True) if p > 0]
+        total = sum(p for _, p in live)
+        out = live[0][0] * (live[0][1] / total)
+        for s, p in live[1:]:
+            out = out + s * (p / total)
+        return out
+
+    def present_last(self, states: list[torch.Tensor]) -> torch.Tensor:
+        """The last node's state, blended while it ramps in: h = h_prev + p (s_k - h_prev)
+        over the nodes in order (the last node itself when all are 1)."""
+        h = states[0]
+        for s, p in zip(states[1:], self.presence[1:], strict=True):
+            if p == 1.0:
+                h = s
+            elif p > 0:
+                h = h + p * (s - h)
+        return h
+
+
+@contextlib.contextmanager
+def forked_rng(seed: int | None):
+    """A context in which torch's CPU generator is seeded by `seed` and restored after (nothing
+    when seed is None): growth draws new modules there, off the global stream."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

@@ -28,13 +28,11 @@ training and uses the same running statistics in eval mode.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import nn
 
 from diffnas.spaces.darts_cnn import DartsSuperNet, edge_list
-from diffnas.spaces.growth import Growth, widen_input
+from diffnas.spaces.growth import Growth, forked_rng, widen_input
 from diffnas.spaces.mixed import MixedOp
 
 
@@ -81,10 +79,7 @@ def grow_supernet(model: DartsSuperNet, seed: int | None = None) -> Growth:
     node = model.steps  # index of the new node among the intermediate ones
     new_edges = [(j, node + 2) for j in range(node + 2)]
     growth = Growth(nodes=node + 1)
-    rng = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
-    with rng:
-        if seed is not None:
-            torch.manual_seed(seed)
+    with forked_rng(seed):
         for cell in model.cells:
             C = _node_channels(cell)
             kind = "reduce" if cell.reduction else "normal"

@@ -13,6 +13,7 @@ a searched cell, an LSTM and a GRU run on the same harness. Cores are chosen by 
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -67,6 +68,29 @@ class GRUCore(_TorchRNNCore):
     """torch's GRU."""
 
     rnn_type = nn.GRU
+
+
+def takes_genotype(name: str) -> bool:
+    """Whether the core `name` is built from a genotype (a searched cell)."""
+    return "genotype" in inspect.signature(RECURRENT_CORES.get(name)).parameters
+
+
+def genotype_core(genotype) -> str | None:
+    """The core a searched cell's genotype is built by (its space: darts_rnn, pair_rnn), None
+    for any other genotype."""
+    from diffnas.spaces.genotypes import genotype_to_json
+
+    try:
+        family = genotype_to_json(genotype)["space"]
+    except TypeError:
+        return None
+    return family if family in RECURRENT_CORES else None
+
+
+def core_hint(key: str, name: str, genotype) -> str:
+    """For an error about core `name` (config key `key`) and `genotype`: which core to set."""
+    own = genotype_core(genotype)
+    return f"; this genotype is a {own} cell: set {key} = {own!r}" if own and own != name else ""
 
 
 def build_core(name: str, input_size: int, hidden_size: int, **options) -> nn.Module:

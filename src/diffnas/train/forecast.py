@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import copy
 import importlib
-import inspect
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -50,11 +49,11 @@ from diffnas.runs.config import ConfigError
 from diffnas.runs.progress import Progress
 from diffnas.runs.rng import capture_rng, restore_rng, seed_everything
 from diffnas.spaces.forecaster import ForecastShape, RecurrentForecaster, predict
-from diffnas.spaces.recurrent import RECURRENT_CORES, build_core
+from diffnas.spaces.recurrent import RECURRENT_CORES, build_core, core_hint, takes_genotype
 
 RESULT_FILE = "result.json"
 # Modules that register searched recurrent cells when imported; absent ones are skipped.
-OPTIONAL_CORE_MODULES = ("diffnas.spaces.darts_rnn",)
+OPTIONAL_CORE_MODULES = ("diffnas.spaces.darts_rnn", "diffnas.spaces.pair_rnn")
 
 
 # ----------------------------------------------------------------------------- models
@@ -130,12 +129,6 @@ class ForecastModels:
 FORECAST_MODELS = ForecastModels()
 
 
-def core_takes_genotype(name: str) -> bool:
-    """Whether the recurrent core `name` is built from a genotype (a searched cell)."""
-    factory = RECURRENT_CORES.get(name)
-    return "genotype" in inspect.signature(factory).parameters
-
-
 def build_forecaster(fcfg, shape: ForecastShape, genotype=None) -> nn.Module:
     """The forecaster `fcfg.model` (a baseline, or a recurrent core with the output layer)."""
     _import_optional_cores()
@@ -148,7 +141,7 @@ def build_forecaster(fcfg, shape: ForecastShape, genotype=None) -> nn.Module:
             )
         return FORECAST_BASELINES.get(name)(shape, fcfg)
     options = {}
-    if core_takes_genotype(name):
+    if takes_genotype(name):
         if genotype is None:
             raise ConfigError(
                 f"forecast.model = {name!r} is a searched cell: set train.genotype (or pass "
@@ -158,10 +151,15 @@ def build_forecaster(fcfg, shape: ForecastShape, genotype=None) -> nn.Module:
     elif genotype is not None:
         raise ConfigError(
             f"train.genotype is set, but forecast.model = {name!r} takes no genotype; set "
-            "forecast.model to the searched cell's core (e.g. darts_rnn), or drop the genotype"
+            "forecast.model to the searched cell's core (darts_rnn, pair_rnn), or drop the "
+            "genotype"
         )
     in_size = 1 if fcfg.channel_independent else shape.n_series
-    core = build_core(name, in_size, fcfg.hidden, **options)
+    try:
+        core = build_core(name, in_size, fcfg.hidden, **options)
+    except ValueError as e:  # a searched cell's core rejects the genotype
+        hint = core_hint("forecast.model", name, genotype)
+        raise ConfigError(f"forecast.model = {name!r}: {e}{hint}") from None
     return RecurrentForecaster(
         core, shape, fcfg.hidden, fcfg.dropout, fcfg.highway, fcfg.channel_independent
     )

@@ -33,9 +33,9 @@ from diffnas.runs.rng import capture_rng, restore_rng, seed_everything
 from diffnas.search.loop import epoch_seed, resolve_device
 from diffnas.search.objectives import perplexity
 from diffnas.spaces.final import count_params
-from diffnas.spaces.genotypes import RNNGenotype, genotype_to_json, load_genotype
+from diffnas.spaces.genotypes import genotype_to_json, load_genotype
 from diffnas.spaces.language_model import RNNLanguageModel
-from diffnas.spaces.recurrent import RECURRENT_CORES, detach_hidden
+from diffnas.spaces.recurrent import RECURRENT_CORES, core_hint, detach_hidden
 
 RESULT_FILE = "result.json"
 
@@ -52,23 +52,21 @@ def build_language_model(lm_cfg, ntoken: int, genotype=None) -> RNNLanguageModel
     accepted = inspect.signature(factory).parameters
     options = {}
     if "genotype" in accepted:
-        if not isinstance(genotype, RNNGenotype):
-            got = "none was given" if genotype is None else f"got {genotype}"
-            raise ConfigError(
-                f"lm.core = {lm_cfg.core!r} needs a DARTS RNN genotype (--genotype "
-                f"DARTS_RNN_V2, a search's run directory, ...); {got}"
-            )
         options["genotype"] = genotype
     elif genotype is not None:
         raise ConfigError(
             f"lm.core = {lm_cfg.core!r} takes no genotype; drop --genotype / train.genotype, or "
-            "set lm.core = 'darts_rnn'"
+            "set lm.core to the searched cell's core ('darts_rnn', 'pair_rnn')"
         )
-    # The DARTS cells' variational dropouts; torch's LSTM/GRU cores have no such masks.
+    # The searched cells' variational dropouts; torch's LSTM/GRU cores have no such masks.
     for key in ("dropouth", "dropoutx"):
         if key in accepted:
             options[key] = getattr(lm_cfg, key)
-    core = factory(lm_cfg.emsize, lm_cfg.nhid, **options)
+    try:
+        core = factory(lm_cfg.emsize, lm_cfg.nhid, **options)
+    except ValueError as e:  # a searched cell's core rejects the genotype (or its absence)
+        hint = core_hint("lm.core", lm_cfg.core, genotype)
+        raise ConfigError(f"lm.core = {lm_cfg.core!r}: {e}{hint}") from None
     return RNNLanguageModel(
         ntoken, lm_cfg.emsize, core, lm_cfg.dropout, lm_cfg.dropouti, lm_cfg.dropoute
     )
