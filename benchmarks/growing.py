@@ -1,29 +1,36 @@
 """Growing DARTS vs a fixed-size search at the maximum size: quality, search time, edge-epochs.
 
-    python benchmarks/growing.py [--tasks cnn_fmnist] [--seeds 1] [--epochs 8] [--C 8]
-        [--layers 5] [--limit 4000] [--start-nodes 1] [--max-nodes 4] [--trigger every]
-        [--grow-every 2] [--train-epochs 5] [--out runs/bench-growing]
+    python benchmarks/growing.py [--tasks cnn_fmnist,rnn_ptb,pair_ptb,rnn_forecast,pair_forecast]
+        [--seeds 1] [--trigger every] [--grow-every 2] [--threads 0] [--out runs/bench-growing]
+        [cnn: --epochs 8 --C 8 --layers 5 --limit 4000 --start-nodes 1 --max-nodes 4
+              --train-epochs 5 ...]
+        [recurrent: --rnn-epochs 8 --rnn-start-nodes 2 --rnn-max-nodes 8 --lm-nhid 64
+              --lm-tokens 40000 --lm-train-epochs 3 --fc-lookback 48 --fc-horizon 6 ...]
 
-For every task and seed, three first-order DARTS searches with the same budget:
-- `fixed`: the usual search at the maximum size (`--max-nodes` intermediate nodes per cell);
-- `grow_then_prune`: `search.grower=morphism` from `--start-nodes` up to `--max-nodes`
+Tasks (`TASKS`): the DARTS CNN cell on Fashion-MNIST (`cnn_fmnist`), the DARTS RNN cell and the
+two-input backbone on PTB (`rnn_ptb`, `pair_ptb`: small scale, --lm-* sizes) and on the
+exchange-rate set under the LSTNet protocol (`rnn_forecast`, `pair_forecast`: --fc-* sizes,
+a shorter window than LSTNet's 168 to fit a CPU). For every task and seed, three first-order
+DARTS searches with the same epochs:
+- `fixed`: the usual search at the maximum size (--max-nodes / --rnn-max-nodes);
+- `grow_then_prune`: `search.grower=morphism` from the start size up to the maximum
   (`--trigger every` every `--grow-every` epochs, or `plateau`), one derivation at the end;
-- `grow_and_prune`: the same growth, the older nodes pruned to their 2 derived edges after
-  each growth.
-The genotype each search derives is then trained from scratch with the same recipe and budget
-(configs/train_darts.toml at `--train-C`/`--train-layers`/`--train-epochs` on the first
-`--train-limit` training images); its accuracy on the held-out split (the whole test split:
-`diffnas train` has no separate validation split) is the quality column.
+- `grow_and_prune`: the same growth, the older nodes pruned after each growth (CNN: to their
+  2 derived edges; DARTS RNN: to 1 edge; two-input: to 1 op, its inputs being fixed).
+The genotype each search derives is then trained from scratch with the task's recipe and
+budget (train_darts.toml, train_lm.toml, train_forecast.toml). Quality: CNN the accuracy on
+the test split (`diffnas train` on images has no separate validation split), PTB the best
+validation perplexity, forecasting the best validation RSE (the test split is not read).
 
-Columns: held-out accuracy of the derived cell after final training, search wall time (sum of
-the epoch times), and edge-epochs, the sum over search epochs of the edges that ran (alpha rows
-with a non-zero weight, normal + reduction cell types; per cell type, not per cell). The claim
-under test (ALGORITHMS.md 5.1): growing makes the search cheaper at comparable quality; the
-verdict line says whether these numbers show it (quality within `--tolerance` points of fixed).
+Columns: quality of the derived cell after final training, search wall time (the sum of the
+epoch times), edge-epochs, the sum over search epochs of the edges that ran (alpha rows with a
+non-zero weight, per cell type, not per cell; a two-input node is one edge), and op-epochs, the
+same for (edge, op) pairs left unmasked. The claim under test (ALGORITHMS.md 5.1): growing
+makes the search cheaper at comparable quality; the verdict line says whether these numbers
+show it (accuracy within --tolerance points of fixed; perplexity / RSE at most --rel-tolerance
+worse).
 
-Every stage reuses a finished run directory under --out and resumes an interrupted one. Tasks
-are entries of `TASKS`: the PTB language model and a forecasting set plug in there as more rows
-(a function returning one result dict per variant and seed) once their spaces can grow.
+Every stage reuses a finished run directory under --out and resumes an interrupted one.
 """
 
 from __future__ import annotations
@@ -31,24 +38,31 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import torch
-from common import run_stage
+from common import mean_std, run_stage
 
 from diffnas.runs.rundir import RunDir
 from diffnas.search.loop import run_search
+from diffnas.spaces.genotypes import load_genotype
 from diffnas.train import train_image
+from diffnas.train.forecast import train_forecast
+from diffnas.train.lm import train_lm
+
+REPO = Path(__file__).resolve().parents[1]
 
 
-def growth_overrides(args, mode: str) -> list[str]:
-    """The [search]/[space] keys of a growing search in `mode`."""
+def growth_overrides(args, mode: str, start: int, most: int) -> list[str]:
+    """The [search]/[space] keys of a growing search in `mode`, from `start` to `most` nodes."""
     return [
-        f"space.steps={args.start_nodes}",
-        f"space.multiplier={args.start_nodes}",
+        f"space.steps={start}",
+        f"space.multiplier={start}",
         "search.grower=morphism",
-        f"search.grow_max_nodes={args.max_nodes}",
+        f"search.grow_max_nodes={most}",
         f"search.grow_trigger={args.trigger}",
         f"search.grow_every={args.grow_every}",
         f"search.grow_patience={args.patience}",
@@ -57,11 +71,12 @@ def growth_overrides(args, mode: str) -> list[str]:
     ]
 
 
-# Variant name -> its search overrides (on top of the task's base search).
+# Variant name -> its search overrides (on top of the task's base search), given the task's
+# start and maximum sizes.
 VARIANTS = {
-    "fixed": lambda a: [f"space.steps={a.max_nodes}", f"space.multiplier={a.max_nodes}"],
-    "grow_then_prune": lambda a: growth_overrides(a, "grow_then_prune"),
-    "grow_and_prune": lambda a: growth_overrides(a, "grow_and_prune"),
+    "fixed": lambda a, start, most: [f"space.steps={most}", f"space.multiplier={most}"],
+    "grow_then_prune": lambda a, start, most: growth_overrides(a, "grow_then_prune", start, most),
+    "grow_and_prune": lambda a, start, most: growth_overrides(a, "grow_and_prune", start, most),
 }
 
 
@@ -78,6 +93,17 @@ def edge_epochs(path: Path) -> int:
     return total
 
 
+def search_summary(path: Path, most: int) -> dict:
+    """Wall time (the sum of the epoch times), edge-epochs and nodes per epoch of a search."""
+    epochs = [r for r in RunDir(path).read_metrics() if r["kind"] == "epoch"]
+    return {
+        "search_s": sum(r["epoch_time_s"] for r in epochs),
+        "edge_epochs": edge_epochs(path),
+        "op_epochs": sum(sum(r["active_ops"].values()) for r in epochs),
+        "nodes": [r.get("nodes", most) for r in epochs],
+    }
+
+
 def cnn_search(args, path: Path, seed: int, variant: str) -> dict:
     """A DARTS-space search on the image set, reused or resumed; its summary."""
     if not (path / "genotype.json").exists():
@@ -92,15 +118,9 @@ def cnn_search(args, path: Path, seed: int, variant: str) -> dict:
             f"run.threads={args.threads}",
             "run.progress=false",
         ]
-        overrides = [*base, *VARIANTS[variant](args), *args.set]
-        run_stage(path, None, overrides, run_search, log=lambda s: None)
-    epochs = [r for r in RunDir(path).read_metrics() if r["kind"] == "epoch"]
-    return {
-        "search_s": sum(r["epoch_time_s"] for r in epochs),
-        "edge_epochs": edge_epochs(path),
-        "nodes": [r.get("nodes", args.max_nodes) for r in epochs],
-        "search_valid_acc": epochs[-1]["valid_acc"],
-    }
+        sizes = VARIANTS[variant](args, args.start_nodes, args.max_nodes)
+        run_stage(path, None, [*base, *sizes, *args.set], run_search, log=lambda s: None)
+    return search_summary(path, args.max_nodes)
 
 
 def cnn_train(args, path: Path, genotype: Path, seed: int) -> dict:
@@ -119,23 +139,164 @@ def cnn_train(args, path: Path, genotype: Path, seed: int) -> dict:
             "run.progress=false",
         ]
         run_stage(path, recipe, overrides, train_image, log=lambda s: None)
-    return json.loads((path / "result.json").read_text())
+    return json.loads((path / "result.json").read_text())["test_acc"]
 
 
-def cnn_fmnist(args) -> list[dict]:
-    """DARTS CNN space on an image set (Fashion-MNIST by default): one row per variant/seed."""
+# ----------------------------------------------------------------------------- recurrent tasks
+
+
+def lm_stages(space: str):
+    """PTB language modelling with the `space` cell (darts_rnn or pair_rnn): the search
+    (configs/<space>_ptb.toml at --lm-nhid units on the first --lm-tokens training tokens) and
+    the final training (train_lm.toml, --lm-train-epochs on --lm-train-tokens tokens); quality:
+    the best validation perplexity (first --lm-valid-tokens valid tokens)."""
+
+    def search(args, path: Path, seed: int, variant: str) -> dict:
+        if not (path / "genotype.json").exists():
+            base = [
+                f"lm.emsize={args.lm_nhid}",
+                f"lm.nhid={args.lm_nhid}",
+                f"data.batch_size={args.lm_batch}",
+                f"data.limit={args.lm_tokens}",
+                f"lm.valid_limit={args.lm_valid_tokens}",
+                f"search.epochs={args.rnn_epochs}",
+                f"run.seed={seed}",
+                f"run.threads={args.threads}",
+                "run.progress=false",
+            ]
+            sizes = VARIANTS[variant](args, args.rnn_start_nodes, args.rnn_max_nodes)
+            config = REPO / "configs" / f"{space}_ptb.toml"
+            run_stage(path, str(config), [*base, *sizes, *args.set], run_search, log=lambda s: None)
+        return search_summary(path, args.rnn_max_nodes)
+
+    def train(args, path: Path, genotype: Path, seed: int) -> float:
+        if not (path / "result.json").exists():
+            overrides = [
+                f"lm.core={space}",
+                f"train.genotype={genotype}",
+                f"lm.emsize={args.lm_nhid}",
+                f"lm.nhid={args.lm_nhid}",
+                f"train.epochs={args.lm_train_epochs}",
+                f"data.limit={args.lm_train_tokens}",
+                f"lm.valid_limit={args.lm_valid_tokens}",
+                f"run.seed={seed}",
+                f"run.threads={args.threads}",
+                "run.progress=false",
+            ]
+            recipe = str(resources.files("diffnas") / "configs" / "train_lm.toml")
+            run_stage(path, recipe, overrides, train_lm, log=lambda s: None)
+        return json.loads((path / "result.json").read_text())["valid_ppl"]
+
+    return search, train
+
+
+def forecast_stages(space: str):
+    """Exchange-rate forecasting (LSTNet protocol, --fc-lookback window, horizon --fc-horizon)
+    with the `space` cell: the search (configs/darts_rnn_forecast.toml with space.name =
+    `space`, --fc-hidden units, --fc-windows training windows per epoch) and the final
+    training (train_forecast.toml, --fc-train-epochs); quality: the best validation RSE."""
+    data = [
+        f"forecast.path={Path(REPO.parent, 'shared', 'data', 'lstnet', 'exchange_rate.txt.gz')}",
+        "forecast.format=lstnet",
+        "forecast.protocol=lstnet",
+    ]
+
+    def common(args, seed: int) -> list[str]:
+        return [
+            *data,
+            f"forecast.lookback={args.fc_lookback}",
+            f"forecast.horizon={args.fc_horizon}",
+            f"forecast.hidden={args.fc_hidden}",
+            f"forecast.train_windows={args.fc_windows}",
+            f"run.seed={seed}",
+            f"run.threads={args.threads}",
+            "run.progress=false",
+        ]
+
+    def search(args, path: Path, seed: int, variant: str) -> dict:
+        if not (path / "genotype.json").exists():
+            base = [*common(args, seed), f"space.name={space}", f"search.epochs={args.rnn_epochs}"]
+            sizes = VARIANTS[variant](args, args.rnn_start_nodes, args.rnn_max_nodes)
+            config = str(REPO / "configs" / "darts_rnn_forecast.toml")
+            run_stage(path, config, [*base, *sizes, *args.set], run_search, log=lambda s: None)
+        return search_summary(path, args.rnn_max_nodes)
+
+    def train(args, path: Path, genotype: Path, seed: int) -> float:
+        if not (path / "result.json").exists():
+            overrides = [
+                *common(args, seed),
+                f"forecast.model={space}",
+                f"train.genotype={genotype}",
+                f"train.epochs={args.fc_train_epochs}",
+            ]
+            recipe = str(resources.files("diffnas") / "configs" / "train_forecast.toml")
+            run_stage(path, recipe, overrides, train_forecast, log=lambda s: None)
+        return json.loads((path / "result.json").read_text())["val_rse"]
+
+    return search, train
+
+
+@dataclass
+class Task:
+    """One benchmark task: its search and final-training stages and its quality metric."""
+
+    stages: tuple  # (search(args, path, seed, variant) -> dict, train(...) -> quality)
+    metric: str
+    higher_is_better: bool
+    sizes: Callable  # args -> text describing the budgets
+
+
+def cnn_sizes(a) -> str:
+    return (
+        f"DARTS CNN, C={a.C} L={a.layers}, {a.limit} {a.dataset} images, {a.epochs} epochs, "
+        f"nodes {a.start_nodes}->{a.max_nodes}; final: C={a.train_C} L={a.train_layers}, "
+        f"{a.train_epochs} epochs on {a.train_limit} images"
+    )
+
+
+def lm_sizes(a) -> str:
+    return (
+        f"PTB, {a.lm_nhid} units, search {a.rnn_epochs} epochs on {a.lm_tokens} tokens (batch "
+        f"{a.lm_batch}), nodes {a.rnn_start_nodes}->{a.rnn_max_nodes}; final: "
+        f"{a.lm_train_epochs} epochs on {a.lm_train_tokens} tokens, valid on "
+        f"{a.lm_valid_tokens or 'all'} tokens"
+    )
+
+
+def fc_sizes(a) -> str:
+    return (
+        f"exchange-rate LSTNet protocol, window {a.fc_lookback}, h={a.fc_horizon}, "
+        f"{a.fc_hidden} units, {a.fc_windows} windows/epoch, search {a.rnn_epochs} epochs, "
+        f"nodes {a.rnn_start_nodes}->{a.rnn_max_nodes}; final: {a.fc_train_epochs} epochs"
+    )
+
+
+TASKS = {
+    "cnn_fmnist": Task((cnn_search, cnn_train), "test acc %", True, cnn_sizes),
+    "rnn_ptb": Task(lm_stages("darts_rnn"), "valid ppl", False, lm_sizes),
+    "pair_ptb": Task(lm_stages("pair_rnn"), "valid ppl", False, lm_sizes),
+    "rnn_forecast": Task(forecast_stages("darts_rnn"), "valid RSE", False, fc_sizes),
+    "pair_forecast": Task(forecast_stages("pair_rnn"), "valid RSE", False, fc_sizes),
+}
+
+
+def run_task(args, name: str) -> list[dict]:
+    """Every variant and seed of task `name`: search, then final training of its genotype."""
+    search, train = TASKS[name].stages
     rows = []
     for seed in range(args.seeds):
         for variant in args.variants:
-            search_path = Path(args.out) / "cnn" / f"{variant}-s{seed}"
-            row = {"task": "cnn_fmnist", "variant": variant, "seed": seed}
-            row.update(cnn_search(args, search_path, seed, variant))
-            result = cnn_train(
-                args, Path(args.out) / "cnn" / f"{variant}-s{seed}-train", search_path, seed
-            )
-            row.update(final_acc=result["test_acc"], genotype=result["genotype"])
+            path = Path(args.out) / name / f"{variant}-s{seed}"
+            row = {
+                "task": name,
+                "variant": variant,
+                "seed": seed,
+                **search(args, path, seed, variant),
+            }
+            row["quality"] = train(args, Path(f"{path}-train"), path, seed)
+            row["genotype"] = str(load_genotype(str(path)))
             print(
-                f"  {variant} seed {seed}: acc {row['final_acc']:.2f} "
+                f"  {variant} seed {seed}: {TASKS[name].metric} {row['quality']:.4g} "
                 f"search {row['search_s']:.0f}s edge-epochs {row['edge_epochs']}",
                 flush=True,
             )
@@ -143,31 +304,30 @@ def cnn_fmnist(args) -> list[dict]:
     return rows
 
 
-# Task name -> rows; PTB (darts_rnn) and forecasting join here when their cells can grow.
-TASKS = {"cnn_fmnist": cnn_fmnist}
-
-
-def summarise(rows: list[dict], tolerance: float) -> list[str]:
-    """The table (mean +- std over seeds per task and variant) and one verdict per task."""
+def summarise(rows: list[dict], tolerance: float, rel_tolerance: float) -> list[str]:
+    """The table (mean +- std over seeds per task and variant) and one verdict per task.
+    Comparable quality: accuracy within `tolerance` points of fixed; perplexity and RSE at
+    most `rel_tolerance` (relative) above fixed."""
     lines = [
-        f"{'task':12s} {'variant':16s} {'final acc %':>15s} {'search s':>9s} {'edge-epochs':>12s}"
+        f"{'task':14s} {'variant':16s} {'metric':>10s} {'value':>17s} {'search s':>9s} "
+        f"{'edge-epochs':>12s} {'op-epochs':>10s}"
     ]
     verdicts = []
     for task in dict.fromkeys(r["task"] for r in rows):
-        means = {}
+        spec, means = TASKS[task], {}
         for variant in dict.fromkeys(r["variant"] for r in rows if r["task"] == task):
             rs = [r for r in rows if r["task"] == task and r["variant"] == variant]
-            accs = [r["final_acc"] for r in rs]
-            std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+            q, std = mean_std([r["quality"] for r in rs])
             m = {
-                "acc": statistics.mean(accs),
+                "q": q,
                 "s": statistics.mean(r["search_s"] for r in rs),
                 "ee": statistics.mean(r["edge_epochs"] for r in rs),
+                "oe": statistics.mean(r["op_epochs"] for r in rs),
             }
             means[variant] = m
             lines.append(
-                f"{task:12s} {variant:16s} {m['acc']:>7.2f} +- {std:<5.2f} {m['s']:>9.0f} "
-                f"{m['ee']:>12.0f}"
+                f"{task:14s} {variant:16s} {spec.metric:>10s} {q:>8.4g} +- {std:<6.3g} "
+                f"{m['s']:>9.0f} {m['ee']:>12.0f} {m['oe']:>10.0f}"
             )
         if "fixed" not in means:
             continue
@@ -176,13 +336,17 @@ def summarise(rows: list[dict], tolerance: float) -> list[str]:
             if variant == "fixed":
                 continue
             cheaper = m["ee"] < f["ee"] and m["s"] < f["s"]
-            comparable = m["acc"] >= f["acc"] - tolerance
+            if spec.higher_is_better:
+                comparable = m["q"] >= f["q"] - tolerance
+                delta, rule = f"{m['q'] - f['q']:+.2f} points", f"within {tolerance} points"
+            else:
+                comparable = m["q"] <= f["q"] * (1 + rel_tolerance)
+                delta, rule = f"{m['q'] / f['q'] - 1:+.1%}", f"at most {rel_tolerance:.0%} worse"
             holds = "holds" if cheaper and comparable else "does not hold"
             verdicts.append(
                 f"{task} {variant}: {m['ee'] / f['ee']:.0%} of the edge-epochs, "
-                f"{m['s'] / f['s']:.0%} of the search time, accuracy {m['acc'] - f['acc']:+.2f} "
-                f"points vs fixed -> the claim {holds}"
-                f" here (comparable = within {tolerance} points)"
+                f"{m['s'] / f['s']:.0%} of the search time, {spec.metric} {delta} vs fixed -> "
+                f"the claim {holds} here (comparable = {rule})"
             )
     return lines + [""] + verdicts
 
@@ -193,22 +357,39 @@ def main() -> None:
     p.add_argument("--tasks", default="cnn_fmnist", help=f"comma-separated: {', '.join(TASKS)}")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated")
     p.add_argument("--seeds", type=int, default=1)
-    p.add_argument("--dataset", default="fashion_mnist")
-    p.add_argument("--C", type=int, default=8)
-    p.add_argument("--layers", type=int, default=5)
-    p.add_argument("--limit", type=int, default=4000, help="search images (split 50/50)")
-    p.add_argument("--epochs", type=int, default=8, help="search epochs")
-    p.add_argument("--start-nodes", type=int, default=1)
-    p.add_argument("--max-nodes", type=int, default=4)
     p.add_argument("--trigger", default="every", choices=("every", "plateau"))
     p.add_argument("--grow-every", type=int, default=2)
     p.add_argument("--patience", type=int, default=2)
     p.add_argument("--threshold", type=float, default=0.01)
-    p.add_argument("--train-C", type=int, default=8)
-    p.add_argument("--train-layers", type=int, default=5)
-    p.add_argument("--train-epochs", type=int, default=5)
-    p.add_argument("--train-limit", type=int, default=4000)
+    g = p.add_argument_group("cnn_fmnist")
+    g.add_argument("--dataset", default="fashion_mnist")
+    g.add_argument("--C", type=int, default=8)
+    g.add_argument("--layers", type=int, default=5)
+    g.add_argument("--limit", type=int, default=4000, help="search images (split 50/50)")
+    g.add_argument("--epochs", type=int, default=8, help="search epochs")
+    g.add_argument("--start-nodes", type=int, default=1)
+    g.add_argument("--max-nodes", type=int, default=4)
+    g.add_argument("--train-C", type=int, default=8)
+    g.add_argument("--train-layers", type=int, default=5)
+    g.add_argument("--train-epochs", type=int, default=5)
+    g.add_argument("--train-limit", type=int, default=4000)
+    g = p.add_argument_group("recurrent tasks (rnn_*, pair_*)")
+    g.add_argument("--rnn-epochs", type=int, default=8, help="search epochs")
+    g.add_argument("--rnn-start-nodes", type=int, default=2)
+    g.add_argument("--rnn-max-nodes", type=int, default=8)
+    g.add_argument("--lm-nhid", type=int, default=64)
+    g.add_argument("--lm-batch", type=int, default=32)
+    g.add_argument("--lm-tokens", type=int, default=40000, help="search training tokens")
+    g.add_argument("--lm-valid-tokens", type=int, default=10000, help="0: all 73,760")
+    g.add_argument("--lm-train-epochs", type=int, default=3)
+    g.add_argument("--lm-train-tokens", type=int, default=100000)
+    g.add_argument("--fc-lookback", type=int, default=48)
+    g.add_argument("--fc-horizon", type=int, default=6)
+    g.add_argument("--fc-hidden", type=int, default=32)
+    g.add_argument("--fc-windows", type=int, default=512, help="training windows per epoch")
+    g.add_argument("--fc-train-epochs", type=int, default=10)
     p.add_argument("--tolerance", type=float, default=1.0, help="accuracy points")
+    p.add_argument("--rel-tolerance", type=float, default=0.05, help="perplexity / RSE")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--set", action="append", default=[], help="extra search override")
     p.add_argument("--out", default="runs/bench-growing")
@@ -217,24 +398,26 @@ def main() -> None:
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         p.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+    tasks = [t for t in args.tasks.split(",") if t]
+    for task in tasks:
+        if task not in TASKS:
+            p.error(f"unknown task {task!r}; known: {', '.join(TASKS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
-    for task in args.tasks.split(","):
-        if task not in TASKS:
-            p.error(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+    for task in tasks:
         print(f"task {task}", flush=True)
-        rows += TASKS[task](args)
+        rows += run_task(args, task)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "results.json").write_text(json.dumps(rows, indent=1))
     print()
+    for task in tasks:
+        print(f"{task}: {TASKS[task].sizes(args)}")
     print(
-        f"search: DARTS 1st order, C={args.C} L={args.layers}, {args.limit} images, "
-        f"{args.epochs} epochs, nodes {args.start_nodes}->{args.max_nodes} ({args.trigger}); "
-        f"final training: C={args.train_C} L={args.train_layers}, {args.train_epochs} epochs, "
-        f"{args.train_limit} images; {args.seeds} seed(s), {torch.get_num_threads()} threads"
+        f"growth: trigger {args.trigger} (every {args.grow_every} / patience {args.patience}), "
+        f"first-order DARTS; {args.seeds} seed(s), {torch.get_num_threads()} threads"
     )
-    print("\n".join(summarise(rows, args.tolerance)))
+    print("\n".join(summarise(rows, args.tolerance, args.rel_tolerance)))
     for r in rows:
         print(f"{r['task']} {r['variant']} s{r['seed']} nodes/epoch {r['nodes']}: {r['genotype']}")
 

@@ -107,9 +107,12 @@ def test_grown_cell_at_full_presence_is_the_fixed_size_cell(float64, name):
     torch.testing.assert_close(run(grown, x, weights), run(fixed, x, weights), rtol=0, atol=1e-12)
 
 
-def lm_search(search_cfg, seed, steps=2, **kw):
+def lm_search(search_cfg, seed, steps=2, pair=False, **kw):
     torch.manual_seed(seed)
-    model = DartsRNNSuperNet(11, 6, 6, steps=steps)
+    if pair:
+        model = PairRNNSuperNet(11, 6, PairRNNSearchCell(6, 6, steps))
+    else:
+        model = DartsRNNSuperNet(11, 6, 6, steps=steps)
     arch = ArchParameters(model.arch_shapes(), init_std=1.0)
     base = dict(grower="morphism", grow_max_nodes=4, grow_every=1, grad_clip=0.25)
     cfg = search_cfg(**{**base, **kw})
@@ -170,6 +173,20 @@ def test_grow_and_prune_keeps_one_edge_per_older_node(search_cfg):
             assert int(rows[live[0]].sum()) == (1 if ops_too else mask.shape[1])
         assert mask[edge_offset(3) :].all()
         assert s.genotype().recurrent[:2] == genotype.recurrent
+
+
+def test_grow_and_prune_of_the_two_input_backbone_discretises_older_nodes(search_cfg):
+    """Its nodes have fixed inputs, so pruning keeps each older node's derived op alone."""
+    s = lm_search(search_cfg, 0, pair=True, grow_mode="grow_and_prune")
+    s.on_epoch_start(0)
+    s.step(segment(0), segment(1))
+    genotype = s.genotype()
+    s.on_epoch_end(0, {"valid_loss": 3.0})
+    mask = s.arch.masks()["rnn"]
+    ops = s.model.op_names
+    for node in (0, 1):
+        assert mask[node].tolist() == [float(o == genotype.ops[node]) for o in ops]
+    assert mask[2].all() and s.genotype().ops[:2] == genotype.ops
 
 
 GROWING_LM = [

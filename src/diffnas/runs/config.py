@@ -476,7 +476,8 @@ class SearchConfig:
     grow_prune_ops: bool = setting(
         False,
         "`grow_and_prune`: also discretise the kept edges of older nodes to their chosen op "
-        "(mask the others); false keeps their mixed ops.",
+        "(mask the others); false keeps their mixed ops. `pair_rnn`, whose nodes have fixed "
+        "inputs, always prunes ops.",
     )
 
 

@@ -194,6 +194,8 @@ def magnitude_prune(search, rows: dict[str, int], ops_too: bool) -> None:
     """
     arch, weights = search.arch, search.arch.weights()
     projected = search.model.project(weights)
+    # A space whose nodes have fixed inputs (pair_rnn: one alpha row per node) prunes ops.
+    ops_too = ops_too or getattr(search.model, "fixed_edges", False)
     for kind, n in rows.items():
         mask = getattr(arch, f"mask_{kind}")
         keep = projected[kind][:n] != 0

@@ -239,6 +239,7 @@ class PairRNNArch(RecurrentGrowth):
     per node (`{"rnn": [steps, ops]}`), the derivation, the projection and growth."""
 
     op_names: tuple[str, ...]
+    fixed_edges = True  # every node's inputs are fixed: pruning (grow_and_prune) prunes ops
 
     def arch_shapes(self) -> dict[str, tuple[int, int]]:
         """Shapes of the architecture weights the forward expects."""
