@@ -231,3 +231,14 @@ def test_lm_search_resume_across_growth_equals_uninterrupted(corpus_dir, tmp_pat
 
     assert epochs(tmp_path / "a") == epochs(tmp_path / "b")
     assert [r["nodes"] for r in epochs(tmp_path / "a")] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("name", ["darts_rnn_lm", "pair_lm_s0_mean"])
+def test_new_parameters_follow_the_model_dtype_and_are_the_modules_own(name):
+    """A model moved to float64 (default dtype float32) grows float64 parameters, and the
+    parameters Growth reports (for the optimiser) are the very ones the model holds."""
+    model = SUPERNETS[name][0](2).double()
+    growth = model.grow(seed=0)
+    held = {id(p) for p in model.parameters()}
+    assert all(p.dtype == torch.float64 for p in model.parameters())
+    assert growth.added and all(id(p) in held for p in growth.added)

@@ -88,9 +88,12 @@ class HighwayRecurrence(nn.Module):
         return torch.stack(outs), h
 
 
-def node_weight(rows: int, cols: int) -> nn.Parameter:
-    """A node matrix initialised as the original's (uniform in +-INIT_RANGE)."""
-    return nn.Parameter(torch.empty(rows, cols).uniform_(-INIT_RANGE, INIT_RANGE))
+def node_weight(rows: int, cols: int, like: torch.Tensor | None = None) -> nn.Parameter:
+    """A node matrix initialised as the original's (uniform in +-INIT_RANGE), drawn on the CPU
+    (so a seeded growth step draws the same values on any device), then moved to `like`'s
+    device and dtype."""
+    w = torch.empty(rows, cols).uniform_(-INIT_RANGE, INIT_RANGE)
+    return nn.Parameter(w if like is None else w.to(like))
 
 
 def shared_norm(bn: nn.BatchNorm1d | None, training: bool, calls: int):
@@ -154,7 +157,7 @@ class DartsRNNSearchCell(NodePresence, _DartsRNNCellBase):
         """Append node steps+1 (edges from every state, a fresh W drawn from the global
         generator) at presence 0: the output is unchanged until the presence ramps up."""
         d = self.hidden_size
-        w = node_weight(d, 2 * d).to(self.W0)
+        w = node_weight(d, 2 * d, like=self.W0)
         self.Ws.append(w)
         self.steps += 1
         self.presence.append(0.0)

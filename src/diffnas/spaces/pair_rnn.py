@@ -93,7 +93,7 @@ class _PairCellBase(NodePresence, HighwayRecurrence):
         self.steps += 1
         d, added = self.hidden_size, []
         for kind in sorted({OP_MATRIX[o] for o in ops if o in OP_MATRIX}):
-            w = node_weight(MATRIX_ROWS[kind] * d, d).to(self.W0)
+            w = node_weight(MATRIX_ROWS[kind] * d, d, like=self.W0)
             self.mats[f"{kind}_{self.steps}"] = w
             added.append(w)
         self.presence.append(1.0)
