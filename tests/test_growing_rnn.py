@@ -12,6 +12,7 @@ import pytest
 import torch
 from helpers import TINY_LM, extend_weights, trained_looking, write_tiny_corpus
 
+from diffnas import cli
 from diffnas.arch import ArchParameters
 from diffnas.runs.config import load_config
 from diffnas.runs.rundir import RunDir
@@ -24,6 +25,7 @@ from diffnas.spaces.darts_rnn import (
     edge_offset,
 )
 from diffnas.spaces.forecaster import ForecastShape
+from diffnas.spaces.genotypes import load_genotype
 from diffnas.spaces.pair_rnn import PairRNNForecastSuperNet, PairRNNSearchCell, PairRNNSuperNet
 
 SHAPE = ForecastShape(n_series=3, lookback=7, horizon=2, single_step=False)
@@ -231,6 +233,9 @@ def test_lm_search_resume_across_growth_equals_uninterrupted(corpus_dir, tmp_pat
 
     assert epochs(tmp_path / "a") == epochs(tmp_path / "b")
     assert [r["nodes"] for r in epochs(tmp_path / "a")] == [1, 2, 3]
+    # `diffnas select` rebuilds the grown supernet at its saved size.
+    assert cli.main(["select", str(tmp_path / "a"), "--method", "magnitude"]) == 0
+    assert load_genotype(str(tmp_path / "a" / "select-magnitude")) == g_ref
 
 
 @pytest.mark.parametrize("name", ["darts_rnn_lm", "pair_lm_s0_mean"])

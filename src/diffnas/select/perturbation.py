@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffnas.runs.config import ConfigError
 from diffnas.select.projection import Projection, without
 from diffnas.spaces.darts_cnn import DartsSuperNet, edge_list
 from diffnas.spaces.modes import batch_statistics, eval_mode
@@ -76,8 +77,9 @@ def space_layout(model: nn.Module) -> Layout:
         return Layout(
             {"cell": list(NB201_EDGES)}, {"cell": [model.op_names] * len(NB201_EDGES)}, None
         )
-    raise TypeError(
-        f"perturbation selection supports the DARTS and NB201 supernets, not {type(model).__name__}"
+    raise ConfigError(
+        f"select.method = 'perturbation' supports the DARTS CNN and NB201 supernets (scored by "
+        f"validation accuracy), not {type(model).__name__}; use --method magnitude"
     )
 
 

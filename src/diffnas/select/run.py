@@ -188,6 +188,7 @@ def run_select(
     """Run (or resume) the selection `cfg.select.method` on the supernet of the search in
     `search_dir`, writing to `run`; returns the genotype (None when `stop_after` tuning epochs
     ended it early, leaving a checkpoint to resume)."""
+    from diffnas.search.growing import GROWERS
     from diffnas.select import SELECTORS  # the registry imports this module
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -196,6 +197,11 @@ def run_select(
     state = load_supernet_state(search_dir, cfg)
     setup = build_search(tune_config(cfg))
     strategy = setup.strategy
+    if hasattr(strategy, "grower"):
+        # A grown supernet: the search's grower replays its growth steps (the supernet's size
+        # is part of its state); the tuning itself never grows.
+        strategy.grower.load_state_dict(state.get("grower", {}))
+        strategy.grower = GROWERS.get("none")(cfg.search, strategy)
     strategy.model.load_state_dict(state["model"])
     strategy.arch.load_state_dict(state["arch"])
     # The architect carries on with its Adam state; the weights get a fresh optimiser.
