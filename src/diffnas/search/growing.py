@@ -346,6 +346,8 @@ class MorphismGrower(NoGrower):
     def on_epoch_end(self, epoch: int, record: dict) -> dict:
         s = self.search
         out = {"nodes": s.model.num_nodes(), "active_edges": active_edges(s.arch), "grew": False}
+        if hasattr(s.model, "presence"):  # a recurrent cell: how far its newest node ramped in
+            out["presence"] = s.model.presence()
         if s.model.num_nodes() >= self.max_nodes:
             return out
         # Every epoch's loss feeds the trigger (its smoothing), grown or not.
