@@ -79,9 +79,7 @@ def test_hadamard_cell_multiplies_its_inputs_exactly(float64):
 
 @pytest.mark.parametrize("second", ["s0", "previous", "hidden"])
 @pytest.mark.parametrize("output", ["mean", "last"])
-def test_search_cell_is_the_weighted_mixture_and_one_hot_is_the_final_cell(
-    float64, second, output
-):
+def test_search_cell_is_the_weighted_mixture_and_one_hot_is_the_final_cell(float64, second, output):
     """The search cell without BN under one-hot weights equals the final cell of that genotype
     (same matrices); under general weights each node is sum_o w_o g_o(a, b)."""
     torch.manual_seed(1)
@@ -181,3 +179,36 @@ def test_lm_search_then_final_training(corpus_dir, tmp_path):
     assert cli.main(["train", "--genotype", str(out), "--out", str(train), *sets]) == 0
     result = json.loads((train / "result.json").read_text())
     assert result["core"] == "pair_rnn" and result["test_ppl"] > 1
+
+
+def test_single_path_novelty_search_and_sample_rank(corpus_dir, tmp_path):
+    """EN²AS on the two-input backbone: one op per node sampled (never `none`), the codec
+    round-trips genotypes, and sample_rank picks a two-input genotype by perplexity."""
+    from diffnas.search.single_path import path_codec
+    from diffnas.select import open_select_dir, run_select
+
+    net = PairRNNSuperNet(7, 4, PairRNNSearchCell(4, 4, 3, PAIR_RNN_OPS, "hidden", "last"))
+    codec = path_codec(net)
+    enc = {"rnn": codec.sample(torch.Generator().manual_seed(0))}
+    g = codec.genotype(enc)
+    assert isinstance(g, PairRNNGenotype) and g.second == "hidden" and "none" not in g.ops
+    assert torch.equal(codec.encode(g)["rnn"], enc["rnn"])
+    w = codec.weights(enc, {"rnn": torch.zeros(net.arch_shapes()["rnn"])})
+    assert w["rnn"].sum(1).tolist() == [1.0] * 3
+    novelty = [
+        'search.strategy="novelty"',
+        "search.epochs=2",
+        "search.novelty_archive=4",
+        "search.novelty_k=2",
+        "search.novelty_es_n=2",
+    ]
+    out = tmp_path / "s"
+    cfg = load_config(
+        "configs/pair_rnn_ptb.toml",
+        [*LM_TINY, f"lm.data_dir={corpus_dir}", f"run.out={out}", *novelty],
+    )
+    assert isinstance(run_search(cfg, RunDir(out).create(cfg), log=lambda s: None), PairRNNGenotype)
+    sel = ["select.sample_n=3", "select.sample_top_k=2", "select.sample_batches=2"]
+    cfg, run = open_select_dir(out, "sample_rank", sel, out=tmp_path / "sel")
+    best = run_select(cfg, out, run, log=lambda s: None)
+    assert isinstance(best, PairRNNGenotype) and len(best.ops) == 3

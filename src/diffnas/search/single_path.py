@@ -16,6 +16,8 @@ Encodings (EN²AS, ALGORITHMS.md 4.2), one integer vector per cell type:
 - DARTS RNN: `[op, in]` per node (length 2 * steps): node i (1-based) takes one input in
   [0, i-1] and one activation (`none` is never sampled); its search cell then runs only that
   edge's matmul and that activation per node.
+- Two-input backbone (`pair_rnn`): one op index per node (length steps; inputs are fixed,
+  `none` is never sampled).
 
 The step's loss and metrics come from the task's `Objective` (`diffnas.search.objectives`:
 images, or the language model with its hidden state carried across BPTT segments).
@@ -43,7 +45,7 @@ from diffnas.search.darts import cosine_lr
 from diffnas.search.objectives import ImageObjective, Objective
 from diffnas.spaces.darts_cnn import DartsSuperNet, edge_list
 from diffnas.spaces.darts_rnn import DartsRNNSuperNet, edge_offset
-from diffnas.spaces.genotypes import Genotype, NB201Genotype, RNNGenotype
+from diffnas.spaces.genotypes import Genotype, NB201Genotype, PairRNNGenotype, RNNGenotype
 from diffnas.spaces.modes import batch_statistics
 from diffnas.spaces.nb201 import EDGES as NB201_EDGES
 from diffnas.spaces.nb201 import NB201SuperNet
@@ -209,46 +211,78 @@ class DartsCodec(PathCodec):
         return Genotype(cells["normal"], concat, cells["reduce"], concat)
 
 
-class NB201Codec(PathCodec):
-    """One op index per edge for the NB201 cell (`none` included unless excluded)."""
+class OpPerRowCodec(PathCodec):
+    """One op index per alpha row of a single cell type: NB201's edges, the two-input
+    backbone's nodes (whose inputs are fixed)."""
 
-    def __init__(self, model: NB201SuperNet, sample_none: bool = True):
-        self.kinds = ("cell",)
-        self.op_names = model.op_names
-        self.allowed = _allowed_ops(model.op_names, sample_none)
-        if not self.allowed:
-            raise ValueError("the NB201 supernet has no op to sample")
-        self.length = len(NB201_EDGES)
+    def __init__(self, kind: str, length: int, op_names, allowed: list[int], space: str):
+        if not allowed:
+            raise ValueError(f"the {space} supernet has no op to sample")
+        self.kinds, self.kind = (kind,), kind
+        self.op_names, self.allowed = op_names, allowed
+        self.length = length
         self.lo = torch.zeros(self.length, dtype=torch.int64)
         self.hi = torch.full((self.length,), len(self.allowed) - 1, dtype=torch.int64)
         self.genes = torch.arange(self.length, dtype=torch.int64).reshape(-1, 1)
         self.groups = [[e] for e in range(self.length)]
 
     def sample(self, gen: torch.Generator) -> torch.Tensor:
-        """A uniform op per edge."""
+        """A uniform op per row."""
         return torch.randint(len(self.allowed), (self.length,), generator=gen, dtype=torch.int64)
 
     def weights(self, encs: Encoding, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Every edge one-hot on its op."""
-        w = torch.zeros(like["cell"].shape, dtype=torch.float64)
-        for e, o in enumerate(encs["cell"].tolist()):
+        """Every row one-hot on its op."""
+        w = torch.zeros(like[self.kind].shape, dtype=torch.float64)
+        for e, o in enumerate(encs[self.kind].tolist()):
             w[e, self.allowed[o]] = 1.0
-        return {"cell": w.to(like["cell"])}
+        return {self.kind: w.to(like[self.kind])}
+
+    def ops(self, encs: Encoding) -> tuple[str, ...]:
+        """The op name of every row."""
+        return tuple(self.op_names[self.allowed[o]] for o in encs[self.kind].tolist())
+
+    def encode_ops(self, ops, genotype) -> Encoding:
+        """The encoding of per-row op names (a ValueError for an op the codec does not sample)."""
+        try:
+            codes = [self.allowed.index(self.op_names.index(o)) for o in ops]
+        except ValueError:
+            raise ValueError(f"{genotype} uses an op this supernet does not sample") from None
+        return {self.kind: torch.tensor(codes, dtype=torch.int64)}
+
+
+class NB201Codec(OpPerRowCodec):
+    """One op index per edge for the NB201 cell (`none` included unless excluded)."""
+
+    def __init__(self, model: NB201SuperNet, sample_none: bool = True):
+        allowed = _allowed_ops(model.op_names, sample_none)
+        super().__init__("cell", len(NB201_EDGES), model.op_names, allowed, "NB201")
 
     def genotype(self, encs: Encoding) -> NB201Genotype:
         """The NB201 cell of the encoding."""
-        return NB201Genotype(tuple(self.op_names[self.allowed[o]] for o in encs["cell"].tolist()))
+        return NB201Genotype(self.ops(encs))
 
     def encode(self, genotype: NB201Genotype) -> Encoding:
-        """Inverse of `genotype` (a ValueError for an op the codec does not sample)."""
-        try:
-            return {
-                "cell": torch.tensor(
-                    [self.allowed.index(self.op_names.index(o)) for o in genotype.ops]
-                )
-            }
-        except ValueError:
-            raise ValueError(f"{genotype} uses an op this supernet does not sample") from None
+        """Inverse of `genotype`."""
+        return self.encode_ops(genotype.ops, genotype)
+
+
+class PairCodec(OpPerRowCodec):
+    """One op per node for the two-input backbone (`pair_rnn`, language model or forecaster);
+    `none` is never sampled (the derivation never picks it)."""
+
+    def __init__(self, model, sample_none: bool = True):
+        del sample_none  # `none` is not an op of a final two-input cell
+        allowed = _allowed_ops(model.op_names, sample_none=False)
+        super().__init__("rnn", model.steps, model.op_names, allowed, "two-input RNN")
+        self.second, self.output = model.core.second, model.core.output
+
+    def genotype(self, encs: Encoding) -> PairRNNGenotype:
+        """The final two-input cell of the encoding."""
+        return PairRNNGenotype(self.ops(encs), self.second, self.output)
+
+    def encode(self, genotype: PairRNNGenotype) -> Encoding:
+        """Inverse of `genotype`."""
+        return self.encode_ops(genotype.ops, genotype)
 
 
 class RNNCodec(PathCodec):
@@ -318,6 +352,7 @@ CODECS: Registry = Registry("single-path codec")
 CODECS.add("DartsSuperNet", DartsCodec)
 CODECS.add("NB201SuperNet", NB201Codec)
 CODECS.add("DartsRNNSuperNet", RNNCodec)
+CODECS.add("PairRNNArch", PairCodec)  # both two-input supernets (LM, forecaster)
 
 
 def path_codec(model: nn.Module, sample_none: bool = True) -> PathCodec:
