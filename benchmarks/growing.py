@@ -207,7 +207,6 @@ def forecast_stages(space: str):
             f"forecast.lookback={args.fc_lookback}",
             f"forecast.horizon={args.fc_horizon}",
             f"forecast.hidden={args.fc_hidden}",
-            f"forecast.train_windows={args.fc_windows}",
             f"run.seed={seed}",
             f"run.threads={args.threads}",
             "run.progress=false",
@@ -215,7 +214,12 @@ def forecast_stages(space: str):
 
     def search(args, path: Path, seed: int, variant: str) -> dict:
         if not (path / "genotype.json").exists():
-            base = [*common(args, seed), f"space.name={space}", f"search.epochs={args.rnn_epochs}"]
+            base = [
+                *common(args, seed),
+                f"forecast.train_windows={args.fc_windows}",
+                f"space.name={space}",
+                f"search.epochs={args.rnn_epochs}",
+            ]
             sizes = VARIANTS[variant](args, args.rnn_start_nodes, args.rnn_max_nodes)
             config = str(REPO / "configs" / "darts_rnn_forecast.toml")
             run_stage(path, config, [*base, *sizes, *args.set], run_search, log=lambda s: None)
@@ -228,6 +232,7 @@ def forecast_stages(space: str):
                 f"forecast.model={space}",
                 f"train.genotype={genotype}",
                 f"train.epochs={args.fc_train_epochs}",
+                f"forecast.train_windows={args.fc_train_windows}",
             ]
             recipe = str(resources.files("diffnas") / "configs" / "train_forecast.toml")
             run_stage(path, recipe, overrides, train_forecast, log=lambda s: None)
@@ -266,8 +271,9 @@ def lm_sizes(a) -> str:
 def fc_sizes(a) -> str:
     return (
         f"exchange-rate LSTNet protocol, window {a.fc_lookback}, h={a.fc_horizon}, "
-        f"{a.fc_hidden} units, {a.fc_windows} windows/epoch, search {a.rnn_epochs} epochs, "
-        f"nodes {a.rnn_start_nodes}->{a.rnn_max_nodes}; final: {a.fc_train_epochs} epochs"
+        f"{a.fc_hidden} units, search {a.rnn_epochs} epochs of {a.fc_windows} windows, nodes "
+        f"{a.rnn_start_nodes}->{a.rnn_max_nodes}; final: {a.fc_train_epochs} epochs of "
+        f"{a.fc_train_windows or 'all'} windows (train_forecast.toml: Adam 1e-3, L1)"
     )
 
 
@@ -381,13 +387,14 @@ def main() -> None:
     g.add_argument("--lm-batch", type=int, default=32)
     g.add_argument("--lm-tokens", type=int, default=40000, help="search training tokens")
     g.add_argument("--lm-valid-tokens", type=int, default=10000, help="0: all 73,760")
-    g.add_argument("--lm-train-epochs", type=int, default=3)
-    g.add_argument("--lm-train-tokens", type=int, default=100000)
+    g.add_argument("--lm-train-epochs", type=int, default=6)
+    g.add_argument("--lm-train-tokens", type=int, default=200000)
     g.add_argument("--fc-lookback", type=int, default=48)
     g.add_argument("--fc-horizon", type=int, default=6)
     g.add_argument("--fc-hidden", type=int, default=32)
-    g.add_argument("--fc-windows", type=int, default=512, help="training windows per epoch")
-    g.add_argument("--fc-train-epochs", type=int, default=10)
+    g.add_argument("--fc-windows", type=int, default=512, help="search windows per epoch")
+    g.add_argument("--fc-train-epochs", type=int, default=20)
+    g.add_argument("--fc-train-windows", type=int, default=0, help="final: per epoch; 0 all")
     p.add_argument("--tolerance", type=float, default=1.0, help="accuracy points")
     p.add_argument("--rel-tolerance", type=float, default=0.05, help="perplexity / RSE")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
