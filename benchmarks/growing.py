@@ -5,7 +5,7 @@
         [cnn: --epochs 8 --C 8 --layers 5 --limit 4000 --start-nodes 1 --max-nodes 4
               --train-epochs 5 ...]
         [recurrent: --rnn-epochs 8 --rnn-start-nodes 2 --rnn-max-nodes 8 --lm-nhid 64
-              --lm-tokens 40000 --lm-train-epochs 3 --fc-lookback 48 --fc-horizon 6 ...]
+              --lm-tokens 40000 --lm-train-epochs 6 --fc-lookback 48 --fc-horizon 6 ...]
 
 Tasks (`TASKS`): the DARTS CNN cell on Fashion-MNIST (`cnn_fmnist`), the DARTS RNN cell and the
 two-input backbone on PTB (`rnn_ptb`, `pair_ptb`: small scale, --lm-* sizes) and on the
