@@ -57,6 +57,9 @@ from diffnas.train.forecast import FORECAST_MODELS, train_forecast
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 SEARCH_CONFIG = REPO / "configs" / "darts_rnn_forecast.toml"
+# Settings of how a run was executed, not of what it computes: a finished run directory with
+# other values here (e.g. one linked in from another --out) is reused.
+HOW_NOT_WHAT = {"run.out", "run.threads", "run.progress", "run.tensorboard"}
 
 # Published references (FORECASTING-REFERENCES.md): LSTNet Table 2, exchange-rate, RSE / CORR
 # at h = 3, 6, 12, 24.
@@ -194,13 +197,13 @@ def run_one(args, dataset: str, spec: dict, model: str, horizon: int) -> dict:
     if (path / "config.toml").exists():
         want = config_to_dict(load_config(recipe, [*overrides, f"run.out={path}"]))
         have = config_to_dict(RunDir(path).read_config())
-        if want != have:
-            diff = [
-                f"{s}.{k}: {have[s][k]!r} there, {want[s][k]!r} asked"
-                for s in want
-                for k in want[s]
-                if want[s][k] != have[s][k]
-            ]
+        diff = [
+            f"{s}.{k}: {have[s][k]!r} there, {want[s][k]!r} asked"
+            for s in want
+            for k in want[s]
+            if want[s][k] != have[s][k] and f"{s}.{k}" not in HOW_NOT_WHAT
+        ]
+        if diff:
             sys.exit(f"{path} was run with other settings ({'; '.join(diff)}); use another --out")
     if not (path / "result.json").exists():
         t0 = time.perf_counter()

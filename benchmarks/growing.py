@@ -5,7 +5,7 @@
         [cnn: --epochs 8 --C 8 --layers 5 --limit 4000 --start-nodes 1 --max-nodes 4
               --train-epochs 5 ...]
         [recurrent: --rnn-epochs 8 --rnn-start-nodes 2 --rnn-max-nodes 8 --lm-nhid 64
-              --lm-tokens 40000 --lm-train-epochs 6 --fc-lookback 48 --fc-horizon 6 ...]
+              --lm-tokens 40000 --lm-train-nhid 200 --fc-lookback 48 --fc-horizon 6 ...]
 
 Tasks (`TASKS`): the DARTS CNN cell on Fashion-MNIST (`cnn_fmnist`), the DARTS RNN cell and the
 two-input backbone on PTB (`rnn_ptb`, `pair_ptb`: small scale, --lm-* sizes) and on the
@@ -148,7 +148,8 @@ def cnn_train(args, path: Path, genotype: Path, seed: int) -> dict:
 def lm_stages(space: str):
     """PTB language modelling with the `space` cell (darts_rnn or pair_rnn): the search
     (configs/<space>_ptb.toml at --lm-nhid units on the first --lm-tokens training tokens) and
-    the final training (train_lm.toml, --lm-train-epochs on --lm-train-tokens tokens); quality:
+    the final training (train_lm.toml at --lm-train-nhid units, --lm-train-epochs on
+    --lm-train-tokens tokens, the budget of benchmarks/ptb.py); quality:
     the best validation perplexity (first --lm-valid-tokens valid tokens)."""
 
     def search(args, path: Path, seed: int, variant: str) -> dict:
@@ -174,8 +175,8 @@ def lm_stages(space: str):
             overrides = [
                 f"lm.core={space}",
                 f"train.genotype={genotype}",
-                f"lm.emsize={args.lm_nhid}",
-                f"lm.nhid={args.lm_nhid}",
+                f"lm.emsize={args.lm_train_nhid}",
+                f"lm.nhid={args.lm_train_nhid}",
                 f"train.epochs={args.lm_train_epochs}",
                 f"data.limit={args.lm_train_tokens}",
                 f"lm.valid_limit={args.lm_valid_tokens}",
@@ -263,7 +264,7 @@ def lm_sizes(a) -> str:
     return (
         f"PTB, {a.lm_nhid} units, search {a.rnn_epochs} epochs on {a.lm_tokens} tokens (batch "
         f"{a.lm_batch}), nodes {a.rnn_start_nodes}->{a.rnn_max_nodes}; final: "
-        f"{a.lm_train_epochs} epochs on {a.lm_train_tokens} tokens, valid on "
+        f"{a.lm_train_nhid} units, {a.lm_train_epochs} epochs on {a.lm_train_tokens} tokens, valid on "
         f"{a.lm_valid_tokens or 'all'} tokens"
     )
 
@@ -387,7 +388,8 @@ def main() -> None:
     g.add_argument("--lm-batch", type=int, default=32)
     g.add_argument("--lm-tokens", type=int, default=40000, help="search training tokens")
     g.add_argument("--lm-valid-tokens", type=int, default=10000, help="0: all 73,760")
-    g.add_argument("--lm-train-epochs", type=int, default=6)
+    g.add_argument("--lm-train-nhid", type=int, default=200, help="units of the final LM")
+    g.add_argument("--lm-train-epochs", type=int, default=3)
     g.add_argument("--lm-train-tokens", type=int, default=200000)
     g.add_argument("--fc-lookback", type=int, default=48)
     g.add_argument("--fc-horizon", type=int, default=6)
