@@ -264,8 +264,8 @@ def lm_sizes(a) -> str:
     return (
         f"PTB, {a.lm_nhid} units, search {a.rnn_epochs} epochs on {a.lm_tokens} tokens (batch "
         f"{a.lm_batch}), nodes {a.rnn_start_nodes}->{a.rnn_max_nodes}; final: "
-        f"{a.lm_train_nhid} units, {a.lm_train_epochs} epochs on {a.lm_train_tokens} tokens, valid on "
-        f"{a.lm_valid_tokens or 'all'} tokens"
+        f"{a.lm_train_nhid} units, {a.lm_train_epochs} epochs on {a.lm_train_tokens} tokens, "
+        f"valid on {a.lm_valid_tokens or 'all'} tokens"
     )
 
 
