@@ -55,7 +55,7 @@ def test_each_op_computes_its_formula(float64):
     wl, wg = torch.randn(8, 4, generator=g), torch.randn(4, 4, generator=g)
     z = {"linear": torch.cat([a, b], -1) @ wl, "gate": a @ wg}
     assert torch.equal(PAIR_OPS.get("hadamard")(a, b, z), a * b)
-    assert torch.equal(PAIR_OPS.get("add")(a, b, z), a + b)
+    assert torch.equal(PAIR_OPS.get("add")(a, b, z), 0.5 * (a + b))
     assert torch.equal(PAIR_OPS.get("identity")(a, b, z), a)
     torch.testing.assert_close(PAIR_OPS.get("gate")(a, b, z), torch.sigmoid(a @ wg) * b)
     torch.testing.assert_close(PAIR_OPS.get("tanh")(a, b, z), torch.tanh(z["linear"]))
@@ -109,6 +109,22 @@ def test_search_cell_is_the_weighted_mixture_and_one_hot_is_the_final_cell(float
         s.append(sum(w[k - 1, i] * PAIR_OPS.get(o)(a, b, z) for i, o in enumerate(ops)))
     want = torch.stack(s[1:]).mean(0) if output == "mean" else s[-1]
     torch.testing.assert_close(search(x[:1], h, w)[0][0], want)
+
+
+@pytest.mark.parametrize("second", ["s0", "previous", "hidden"])
+def test_final_cells_without_relu_keep_their_states_bounded(second):
+    """Every op but relu maps states in [-1, 1] into [-1, 1], so any such cell keeps |h_t| <= 1
+    over a long sequence, however large its inputs (the highway node bounds s0)."""
+    torch.manual_seed(0)
+    x = 10 * torch.randn(200, 4, 3)
+    for op in ("hadamard", "add", "gate", "tanh", "identity"):
+        for output in ("mean", "last"):
+            cell = PairRNNCell(3, 5, PairRNNGenotype((op,) * 8, second, output))
+            with torch.no_grad():
+                for p in cell.parameters():
+                    p.mul_(50)  # large matrices, saturated gates
+                out, _ = cell(x)
+            assert out.abs().max() <= 1 + 1e-6, (op, output)
 
 
 def test_derivation_keeps_every_node_with_its_best_real_op():
