@@ -208,6 +208,7 @@ def forecast_stages(space: str):
             f"forecast.lookback={args.fc_lookback}",
             f"forecast.horizon={args.fc_horizon}",
             f"forecast.hidden={args.fc_hidden}",
+            f"forecast.highway={args.fc_highway}",
             f"run.seed={seed}",
             f"run.threads={args.threads}",
             "run.progress=false",
@@ -271,7 +272,8 @@ def lm_sizes(a) -> str:
 
 def fc_sizes(a) -> str:
     return (
-        f"exchange-rate LSTNet protocol, window {a.fc_lookback}, h={a.fc_horizon}, "
+        f"exchange-rate LSTNet protocol, window {a.fc_lookback}, h={a.fc_horizon}, highway "
+        f"{a.fc_highway or 'off'}, "
         f"{a.fc_hidden} units, search {a.rnn_epochs} epochs of {a.fc_windows} windows, nodes "
         f"{a.rnn_start_nodes}->{a.rnn_max_nodes}; final: {a.fc_train_epochs} epochs of "
         f"{a.fc_train_windows or 'all'} windows (train_forecast.toml: Adam 1e-3, L1)"
@@ -394,6 +396,9 @@ def main() -> None:
     g.add_argument("--fc-lookback", type=int, default=48)
     g.add_argument("--fc-horizon", type=int, default=6)
     g.add_argument("--fc-hidden", type=int, default=32)
+    g.add_argument(
+        "--fc-highway", type=int, default=0, help="LSTNet's autoregressive highway (0: off)"
+    )
     g.add_argument("--fc-windows", type=int, default=512, help="search windows per epoch")
     g.add_argument("--fc-train-epochs", type=int, default=20)
     g.add_argument("--fc-train-windows", type=int, default=0, help="final: per epoch; 0 all")
