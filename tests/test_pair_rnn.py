@@ -228,3 +228,33 @@ def test_single_path_novelty_search_and_sample_rank(corpus_dir, tmp_path):
     cfg, run = open_select_dir(out, "sample_rank", sel, out=tmp_path / "sel")
     best = run_select(cfg, out, run, log=lambda s: None)
     assert isinstance(best, PairRNNGenotype) and len(best.ops) == 3
+
+
+def test_only_live_ops_matrices_are_multiplied():
+    """Under weights that keep only parameter-free ops (a single path of hadamard / add), the
+    search cell multiplies no matrix of its nodes, only W0's halves: a step costs what its
+    live ops cost; a live tanh adds its node's linear map."""
+    from torch.overrides import TorchFunctionMode
+
+    class CountMatmuls(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.n = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.n += func in (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__)
+            return func(*args, **(kwargs or {}))
+
+    cell = PairRNNSearchCell(3, 4, 2, PAIR_RNN_OPS).eval()
+    ops = list(PAIR_RNN_OPS)
+    w = torch.zeros(2, len(ops))
+    w[0, ops.index("hadamard")] = w[1, ops.index("add")] = 1.0
+    x = torch.randn(5, 2, 3)
+    counts = []
+    for extra in (None, "tanh"):
+        if extra:
+            w[1, ops.index(extra)] = 0.5
+        with torch.no_grad(), CountMatmuls() as mode:
+            cell(x, None, w)
+        counts.append(mode.n)
+    assert counts == [1 + 5, 1 + 5 + 5]  # x W0[:in] once, h W0[in:] per step (+ Wl per step)

@@ -20,9 +20,10 @@ cell. `add` is the sum scaled by 1/2 (our choice): with the plain sum, a chain o
 multiplies the state's scale by up to k + 1 at every time step, and the final cell (which has
 no BN) diverged exponentially (an all-`add` cell found on exchange-rate forecast with a
 validation RSE of 1e33); scaled, every op but `relu` maps states in [-1, 1] into [-1, 1], and
-the highway node keeps h_t there, as the DARTS RNN cell does. The derivation keeps every node and picks its strongest non-`none` op
-(`PairRNNGenotype`); the final cell (`pair_rnn` recurrent core) has only the chosen ops'
-matrices and no BN. Growth appends node N+1 (a = s_N) at presence 0 (`NodePresence`).
+the highway node keeps h_t there, as the DARTS RNN cell does. The derivation keeps every node
+and picks its strongest non-`none` op (`PairRNNGenotype`); the final cell (`pair_rnn` recurrent
+core) has only the chosen ops' matrices and no BN. Growth appends node N+1 (a = s_N) at
+presence 0 (`NodePresence`).
 """
 
 from __future__ import annotations
@@ -103,15 +104,17 @@ class _PairCellBase(NodePresence, HighwayRecurrence):
         self.presence.append(1.0)
         return added
 
-    def _node(self, k, states, h_prev, h_mask, fns, weights):
-        """s_k = sum_n weights[n] * fns[n](a, b, z) (the plain op when weights is None)."""
+    def _node(self, k, states, h_prev, h_mask, ops, fns, weights):
+        """s_k = sum_n weights[n] * fns[n](a, b, z) over the node's live `ops` (the plain op
+        when weights is None); only the matrices those ops read are multiplied."""
         a = states[k - 1]
         b = self.second_of(states, k, h_prev)
         am, bm = (a, b) if h_mask is None else (a * h_mask, b * h_mask)
+        needs = {OP_MATRIX[o] for o in ops if o in OP_MATRIX}
         z = {}
-        if f"linear_{k}" in self.mats:
+        if "linear" in needs:
             z["linear"] = torch.cat([am, bm], dim=-1) @ self.mats[f"linear_{k}"]
-        if f"gate_{k}" in self.mats:
+        if "gate" in needs:
             z["gate"] = am @ self.mats[f"gate_{k}"]
         if weights is None:
             return fns[0](a, b, z)
@@ -165,14 +168,15 @@ class PairRNNSearchCell(_PairCellBase):
         plan = []
         for k in range(self.steps):
             cols = [c for c, o in enumerate(self.ops) if o != "none" and alive[k][c]]
-            plan.append(([PAIR_OPS.get(self.ops[c]) for c in cols], [weights[k, c] for c in cols]))
+            ops = [self.ops[c] for c in cols]
+            plan.append((ops, [PAIR_OPS.get(o) for o in ops], [weights[k, c] for c in cols]))
         norm = shared_norm(self.bn, self.training, len(x) * (self.steps + 1))
 
         def cell(s0, h_prev, h_mask):
             states = [norm(s0)]
-            for k, (fns, ws) in enumerate(plan, start=1):
+            for k, (ops, fns, ws) in enumerate(plan, start=1):
                 if fns:
-                    s = self._node(k, states, h_prev, h_mask, fns, ws)
+                    s = self._node(k, states, h_prev, h_mask, ops, fns, ws)
                 else:
                     s = torch.zeros_like(s0)
                 states.append(norm(s))
@@ -204,8 +208,8 @@ class PairRNNCell(_PairCellBase):
 
         def cell(s0, h_prev, h_mask):
             states = [s0]
-            for k, fns in enumerate(self.fns, start=1):
-                states.append(self._node(k, states, h_prev, h_mask, fns, None))
+            for k, (op, fns) in enumerate(zip(self.genotype.ops, self.fns, strict=True), start=1):
+                states.append(self._node(k, states, h_prev, h_mask, [op], fns, None))
             return self._output(states[1:])
 
         return self._run(x, hidden, cell)
