@@ -31,6 +31,9 @@ show it (accuracy within --tolerance points of fixed; perplexity / RSE at most -
 worse).
 
 Every stage reuses a finished run directory under --out and resumes an interrupted one.
+`--step-time` times instead one search step of each recurrent task's supernet per size and
+prints what each variant's node schedule (read from its finished search under --out) costs at
+those rates: search time free of whatever else shared the machine.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -46,8 +50,10 @@ from pathlib import Path
 import torch
 from common import mean_std, run_stage
 
+from diffnas.data import cycle_batches
+from diffnas.runs.config import load_config
 from diffnas.runs.rundir import RunDir
-from diffnas.search.loop import run_search
+from diffnas.search.loop import build_search, run_search
 from diffnas.spaces.genotypes import load_genotype
 from diffnas.train import train_image
 from diffnas.train.forecast import train_forecast
@@ -152,22 +158,25 @@ def lm_stages(space: str):
     --lm-train-tokens tokens, the budget of benchmarks/ptb.py); quality:
     the best validation perplexity (first --lm-valid-tokens valid tokens)."""
 
+    def search_base(args, seed: int) -> tuple[str, list[str]]:
+        overrides = [
+            f"lm.emsize={args.lm_nhid}",
+            f"lm.nhid={args.lm_nhid}",
+            f"data.batch_size={args.lm_batch}",
+            f"data.limit={args.lm_tokens}",
+            f"lm.valid_limit={args.lm_valid_tokens}",
+            f"search.epochs={args.rnn_epochs}",
+            f"run.seed={seed}",
+            f"run.threads={args.threads}",
+            "run.progress=false",
+        ]
+        return str(REPO / "configs" / f"{space}_ptb.toml"), overrides
+
     def search(args, path: Path, seed: int, variant: str) -> dict:
         if not (path / "genotype.json").exists():
-            base = [
-                f"lm.emsize={args.lm_nhid}",
-                f"lm.nhid={args.lm_nhid}",
-                f"data.batch_size={args.lm_batch}",
-                f"data.limit={args.lm_tokens}",
-                f"lm.valid_limit={args.lm_valid_tokens}",
-                f"search.epochs={args.rnn_epochs}",
-                f"run.seed={seed}",
-                f"run.threads={args.threads}",
-                "run.progress=false",
-            ]
+            config, base = search_base(args, seed)
             sizes = VARIANTS[variant](args, args.rnn_start_nodes, args.rnn_max_nodes)
-            config = REPO / "configs" / f"{space}_ptb.toml"
-            run_stage(path, str(config), [*base, *sizes, *args.set], run_search, log=lambda s: None)
+            run_stage(path, config, [*base, *sizes, *args.set], run_search, log=lambda s: None)
         return search_summary(path, args.rnn_max_nodes)
 
     def train(args, path: Path, genotype: Path, seed: int) -> float:
@@ -188,7 +197,7 @@ def lm_stages(space: str):
             run_stage(path, recipe, overrides, train_lm, log=lambda s: None)
         return json.loads((path / "result.json").read_text())["valid_ppl"]
 
-    return search, train
+    return search, train, search_base
 
 
 def forecast_stages(space: str):
@@ -214,16 +223,19 @@ def forecast_stages(space: str):
             "run.progress=false",
         ]
 
+    def search_base(args, seed: int) -> tuple[str, list[str]]:
+        overrides = [
+            *common(args, seed),
+            f"forecast.train_windows={args.fc_windows}",
+            f"space.name={space}",
+            f"search.epochs={args.rnn_epochs}",
+        ]
+        return str(REPO / "configs" / "darts_rnn_forecast.toml"), overrides
+
     def search(args, path: Path, seed: int, variant: str) -> dict:
         if not (path / "genotype.json").exists():
-            base = [
-                *common(args, seed),
-                f"forecast.train_windows={args.fc_windows}",
-                f"space.name={space}",
-                f"search.epochs={args.rnn_epochs}",
-            ]
+            config, base = search_base(args, seed)
             sizes = VARIANTS[variant](args, args.rnn_start_nodes, args.rnn_max_nodes)
-            config = str(REPO / "configs" / "darts_rnn_forecast.toml")
             run_stage(path, config, [*base, *sizes, *args.set], run_search, log=lambda s: None)
         return search_summary(path, args.rnn_max_nodes)
 
@@ -240,14 +252,16 @@ def forecast_stages(space: str):
             run_stage(path, recipe, overrides, train_forecast, log=lambda s: None)
         return json.loads((path / "result.json").read_text())["val_rse"]
 
-    return search, train
+    return search, train, search_base
 
 
 @dataclass
 class Task:
     """One benchmark task: its search and final-training stages and its quality metric."""
 
-    stages: tuple  # (search(args, path, seed, variant) -> dict, train(...) -> quality)
+    # (search(args, path, seed, variant) -> dict, train(...) -> quality[, search_base(args,
+    # seed) -> (config, overrides): the recurrent tasks', for --step-time])
+    stages: tuple
     metric: str
     higher_is_better: bool
     sizes: Callable  # args -> text describing the budgets
@@ -291,7 +305,7 @@ TASKS = {
 
 def run_task(args, name: str) -> list[dict]:
     """Every variant and seed of task `name`: search, then final training of its genotype."""
-    search, train = TASKS[name].stages
+    search, train = TASKS[name].stages[:2]
     rows = []
     for seed in range(args.seeds):
         for variant in args.variants:
@@ -311,6 +325,43 @@ def run_task(args, name: str) -> list[dict]:
             )
             rows.append(row)
     return rows
+
+
+def step_times(args, tasks: list[str]) -> None:
+    """Seconds per search step (alpha step + weight step) of each recurrent task's supernet at
+    every size from --rnn-start-nodes to --rnn-max-nodes, on the task's data and sizes (median
+    of --repeats steps after one warm-up), and the search time each variant's node schedule
+    costs at those rates (weight steps only, no validation): the search cost on a quiet
+    machine, which `search s` (wall time, shared with whatever else ran) is not."""
+    for task in tasks:
+        if len(TASKS[task].stages) < 3:
+            print(f"{task}: --step-time measures the recurrent tasks only")
+            continue
+        config, base = TASKS[task].stages[2](args, 0)
+        per_step, steps_per_epoch = {}, 0
+        for n in range(args.rnn_start_nodes, args.rnn_max_nodes + 1):
+            setup = build_search(load_config(config, [*base, f"space.steps={n}", *args.set]))
+            strategy, steps_per_epoch = setup.strategy, len(setup.train)
+            strategy.on_epoch_start(0)
+            train = setup.batches(cycle_batches(setup.train, 0))
+            val = setup.batches(cycle_batches(setup.val, 0))
+            times = []
+            for _ in range(args.repeats + 1):
+                batch, val_batch = next(train), next(val)
+                t0 = time.perf_counter()
+                strategy.step(batch, val_batch)
+                times.append(time.perf_counter() - t0)
+            per_step[n] = statistics.median(times[1:])
+        sizes = "  ".join(f"{n}: {t:.3f}" for n, t in per_step.items())
+        print(f"{task}: s/step by nodes ({torch.get_num_threads()} threads)  {sizes}")
+        for variant in args.variants:
+            path = Path(args.out) / task / f"{variant}-s0"
+            if not (path / "genotype.json").exists():
+                continue
+            nodes = search_summary(path, args.rnn_max_nodes)["nodes"]
+            est = sum(steps_per_epoch * per_step[n] for n in nodes)
+            bound = " (at most: its pruned edges do not run)" if variant == "grow_and_prune" else ""
+            print(f"  {variant:16s} nodes/epoch {nodes}: {est:.0f} s of steps{bound}")
 
 
 def summarise(rows: list[dict], tolerance: float, rel_tolerance: float) -> list[str]:
@@ -407,6 +458,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--set", action="append", default=[], help="extra search override")
     p.add_argument("--out", default="runs/bench-growing")
+    p.add_argument("--step-time", action="store_true", help="time search steps per size, exit")
+    p.add_argument("--repeats", type=int, default=5, help="--step-time: steps per size")
     args = p.parse_args()
     args.variants = [v for v in args.variants.split(",") if v]
     unknown = [v for v in args.variants if v not in VARIANTS]
@@ -418,6 +471,9 @@ def main() -> None:
             p.error(f"unknown task {task!r}; known: {', '.join(TASKS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.step_time:
+        step_times(args, tasks)
+        return
     rows = []
     for task in tasks:
         print(f"task {task}", flush=True)
