@@ -544,3 +544,26 @@ def test_report_renders_in_headless_chromium(tmp_path, nb201_report):
     )
     result = _render(copy / "index.html", tmp_path / "profile")
     assert result["broken"] == ["missing.png"], result
+
+
+def test_recurrent_cell_graphs_and_chosen_ops():
+    """The two-input cell draws node k from s_(k-1) with its op and from its second source;
+    the derived ops of both recurrent genotypes map onto their weight rows."""
+    from diffnas.spaces.darts_rnn import edge_offset
+    from diffnas.spaces.genotypes import PairRNNGenotype, load_genotype
+    from diffnas.viz.cells import cell_graphs
+    from diffnas.viz.figures import chosen_ops
+
+    g = PairRNNGenotype(("hadamard", "add", "tanh"), second="hidden", output="last")
+    [(kind, graph)] = cell_graphs(g)
+    assert kind == "recurrent" and len(graph.nodes) == 1 + 4 + 1
+    labelled = [(a, b, op) for a, b, op, *_ in graph.edges if op]
+    assert labelled == [("in", "s0", "highway"), ("s0", "s1", "hadamard"), ("s1", "s2", "add"),
+                        ("s2", "s3", "tanh")]  # fmt: skip
+    assert {(a, b) for a, b, op, *_ in graph.edges if op is None} == {
+        ("in", "s1"), ("in", "s2"), ("in", "s3"), ("s3", "out")
+    }
+    assert chosen_ops(g, "rnn", 3) == {0: "hadamard", 1: "add", 2: "tanh"}
+    v2 = load_genotype("DARTS_RNN_V2")
+    ops = chosen_ops(v2, "rnn", 36)
+    assert ops[edge_offset(1) + 0] == "sigmoid" and len(ops) == 8

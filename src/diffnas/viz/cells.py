@@ -29,16 +29,22 @@ class CellGraph:
     # at: where along it (0 to 1) its label sits.
     edges: list[tuple[str, str, str | None, float, float]] = field(default_factory=list)
     pos: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # The cell's ops without weights, drawn grey (None: the CNN spaces' skip, pools, none).
+    free_ops: frozenset[str] | None = None
 
 
 def cell_graphs(genotype: Any) -> list[tuple[str, CellGraph]]:
     """(cell type, graph) of every cell of a genotype: NB201's one cell, DARTS' normal and
     reduce cells."""
+    from diffnas.spaces.genotypes import NB201Genotype, PairRNNGenotype, RNNGenotype
+
     if genotype is None:
         return []
-    if hasattr(genotype, "ops") and hasattr(genotype, "to_string"):
+    if isinstance(genotype, NB201Genotype):
         return [("cell", nb201_graph(genotype.ops))]
-    if hasattr(genotype, "recurrent"):
+    if isinstance(genotype, PairRNNGenotype):
+        return [("recurrent", pair_graph(genotype))]
+    if isinstance(genotype, RNNGenotype):
         return [("recurrent", rnn_graph(genotype.recurrent, genotype.concat))]
     return [
         (kind, darts_graph(getattr(genotype, kind), getattr(genotype, kind + "_concat"), kind))
@@ -97,7 +103,7 @@ def darts_graph(gene, concat, kind: str) -> CellGraph:
 def rnn_graph(gene, concat) -> CellGraph:
     """A DARTS RNN cell: input (x_t, h_{t-1}), highway node 0, nodes 1.. (one input and
     activation each), output h_t (the mean of the concat nodes)."""
-    g = CellGraph("recurrent cell")
+    g = CellGraph("recurrent cell", free_ops=frozenset())  # every node has its own W_i
     g.nodes.append(("in", "x_t, h_{t-1}", "input"))
     g.pos["in"] = (0.0, 0.0)
     for i in range(len(gene) + 1):
@@ -115,11 +121,41 @@ def rnn_graph(gene, concat) -> CellGraph:
     return g
 
 
-def _op_style(op: str | None) -> tuple[str, str]:
+def pair_graph(genotype) -> CellGraph:
+    """A two-input cell: input (x_t, h_{t-1}), highway node 0, node k reading a = s_{k-1}
+    (labelled with its op) and b (its second source, unlabelled), output h_t (the mean of the
+    nodes, or the last)."""
+    from diffnas.spaces.pair_rnn import PAIR_PARAMETER_FREE
+
+    g = CellGraph("two-input recurrent cell", free_ops=PAIR_PARAMETER_FREE)
+    n = len(genotype.ops)
+    g.nodes.append(("in", "x_t, h_{t-1}", "input"))
+    g.pos["in"] = (0.0, 0.0)
+    for i in range(n + 1):
+        g.nodes.append((f"s{i}", str(i), "node"))
+        g.pos[f"s{i}"] = (STEP * (i + 1), 0.0)
+    g.nodes.append(("out", "h_{t}", "output"))
+    g.pos["out"] = (STEP * (n + 2), 0.0)
+    g.edges.append(("in", "s0", "highway", 0.0, 0.5))
+    for k, op in enumerate(genotype.ops, start=1):
+        g.edges.append((f"s{k - 1}", f"s{k}", op, 0.0, 0.5))
+        b = {"s0": "s0", "previous": f"s{max(k - 2, 0)}", "hidden": "in"}[genotype.second]
+        span = k - (0 if b == "in" else int(b[1:]))
+        if span > 1 or b == "in":
+            g.edges.append((b, f"s{k}", None, 0.5 * span, 0.5))
+    outs = range(1, n + 1) if genotype.output == "mean" else [n]
+    for c in outs:
+        span = n + 1 - c
+        g.edges.append((f"s{c}", "out", None, -0.45 * span if span > 1 else 0.0, 0.5))
+    return g
+
+
+def _op_style(op: str | None, free_ops: frozenset[str] | None) -> tuple[str, str]:
     """(colour, line style) of an edge's op."""
     if op == "none":
         return NONE_COLOR, "dashed"
-    return (FREE_COLOR if is_parameter_free(op) else PARAM_COLOR), "solid"
+    free = is_parameter_free(op) if free_ops is None else op is None or op in free_ops
+    return (FREE_COLOR if free else PARAM_COLOR), "solid"
 
 
 def _dot_label(text: str) -> str:
@@ -153,7 +189,7 @@ def to_dot(g: CellGraph) -> str:
         if op is None:
             lines.append(f'  {a} -> {b} [color="#999999"];')
             continue
-        color, style = _op_style(op)
+        color, style = _op_style(op, g.free_ops)
         lines.append(
             f"  {a} -> {b} [label={_dot_label(op)}, color={_dot_label(color)}, "
             f"fontcolor={_dot_label(color)}, style={style}, penwidth=1.6];"
@@ -236,7 +272,7 @@ def draw_cell_matplotlib(g: CellGraph, path: Path) -> Path:
     for op, at, points in curves:
         if len(points) < 2:
             continue
-        color, style = _op_style(op) if op is not None else ("#999999", "solid")
+        color, style = _op_style(op, g.free_ops) if op is not None else ("#999999", "solid")
         ax.add_patch(
             FancyArrowPatch(
                 path=MplPath([(x, y) for x, y, _ in points]),

@@ -208,10 +208,19 @@ def _shape(rows: list[list[float]]) -> tuple[int, ...]:
 
 def chosen_ops(genotype: Any, cell: str, n_edges: int) -> dict[int, str]:
     """Edge index -> op of the derived genotype, for the edges it keeps."""
+    from diffnas.spaces.genotypes import NB201Genotype, PairRNNGenotype, RNNGenotype
+
     if genotype is None:
         return {}
-    if hasattr(genotype, "ops"):  # NB201: every edge, in weight-row order
+    if isinstance(genotype, NB201Genotype):  # every edge, in weight-row order
         return dict(enumerate(genotype.ops)) if cell == "cell" else {}
+    if isinstance(genotype, PairRNNGenotype):  # one row per node
+        return dict(enumerate(genotype.ops)) if cell == "rnn" else {}
+    if isinstance(genotype, RNNGenotype):  # node i's edge from j: row i(i-1)/2 + j
+        from diffnas.spaces.darts_rnn import edge_offset
+
+        rec = genotype.recurrent
+        return {edge_offset(i) + j: op for i, (op, j) in enumerate(rec, 1)} if cell == "rnn" else {}
     from diffnas.spaces.darts_cnn import edge_list
     from diffnas.viz.spaceinfo import darts_steps
 

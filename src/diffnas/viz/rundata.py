@@ -51,7 +51,7 @@ class RunData:
         return value if isinstance(value, dict) else {}
 
     def space_name(self) -> str | None:
-        """`space.name` of the config, else the family of the genotype (nb201 / darts)."""
+        """`space.name` of the config, else the family of the genotype (nb201, darts, ...)."""
         name = self.section("space").get("name")
         if isinstance(name, str):
             return name
@@ -70,9 +70,11 @@ class RunData:
 
 
 def _family(genotype: Any) -> str | None:
+    from diffnas.spaces.genotypes import genotype_to_json
+
     if genotype is None:
         return None
-    return "nb201" if hasattr(genotype, "to_string") else "darts"
+    return genotype_to_json(genotype)["space"]
 
 
 def read_jsonl(path: Path, notes: list[str]) -> list[dict[str, Any]]:

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from diffnas.ops.cnn import PARAMETER_FREE
 from diffnas.spaces.darts_cnn import edge_list
-from diffnas.spaces.genotypes import DARTS_OPS, NB201_OPS, NB201Genotype
+from diffnas.spaces.genotypes import (
+    DARTS_OPS,
+    DARTS_RNN_OPS,
+    NB201_OPS,
+    PAIR_RNN_OPS,
+    NB201Genotype,
+)
 from diffnas.spaces.robust_darts import ROBUST_DARTS_OP_SETS
 
 DARTS_INPUTS = ("c_{k-2}", "c_{k-1}")
+# The candidate ops of the spaces whose edges all share one set (DARTS' is the default).
+SPACE_OPS = {"nb201": NB201_OPS, "darts_rnn": DARTS_RNN_OPS, "pair_rnn": PAIR_RNN_OPS}
 
 
 def is_parameter_free(op: str | None) -> bool:
@@ -32,6 +40,11 @@ def edge_labels(space: str | None, n_edges: int) -> list[str]:
     """One label per edge, in the row order of the architecture weights."""
     if space == "nb201" and n_edges == len(NB201Genotype.EDGES):
         return [f"{a}\u2192{b}" for a, b in NB201Genotype.EDGES]
+    if space == "pair_rnn":
+        return [f"node {k}" for k in range(1, n_edges + 1)]
+    if space == "darts_rnn":  # node i's edges from j = 0..i-1, node by node
+        labels = [f"{j}\u2192{i}" for i in range(1, n_edges + 1) for j in range(i)]
+        return labels[:n_edges]
     steps = darts_steps(n_edges) if space != "nb201" else None
     if steps is None:
         return [f"edge {e}" for e in range(n_edges)]
@@ -43,7 +56,7 @@ def edge_ops(space: str | None, cell: str, n_edges: int, n_ops: int) -> list[lis
     if space in ROBUST_DARTS_OP_SETS and cell in ROBUST_DARTS_OP_SETS[space]:
         sets = ROBUST_DARTS_OP_SETS[space][cell]
     else:
-        names = NB201_OPS if space == "nb201" else DARTS_OPS if space else ()
+        names = SPACE_OPS.get(space, DARTS_OPS if space else ())
         sets = [list(names)] * n_edges
     out = []
     for e in range(n_edges):
