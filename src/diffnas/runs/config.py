@@ -258,10 +258,10 @@ class SearchConfig:
     task: str = setting(
         "",
         "The task the supernet searches on (its data and objective, `SEARCH_TASKS` and "
-        "`OBJECTIVES`): empty: the space's own (`image` for the CNN spaces, `lm` for "
-        "`darts_rnn`); the `darts_rnn` cell can also search on `forecast` (the `[forecast]` "
-        "series and protocol; see `forecast.search_split`). A space that cannot search on the "
-        "task stops the run with an error.",
+        "`OBJECTIVES`): empty: the space's own (`image` for the CNN spaces, `lm` for the "
+        "recurrent ones); `darts_rnn` and `pair_rnn` can also search on `forecast` (the "
+        "`[forecast]` series and protocol; see `forecast.search_split`). A space that cannot "
+        "search on the task stops the run with an error.",
         choices=RegistryChoices("diffnas.search.loop", "SEARCH_TASKS", ("image", "lm"), empty=True),
     )
     w_lr: float = setting(
