@@ -7,6 +7,7 @@ FORECASTING-REFERENCES.md beside ours.
         [--genotype RUN_DIR_OR_NAME | --search-epochs N] [--datasets exchange,etth1]
         [--lookback 336]
         [--epochs 20] [--hidden 64] [--train-windows 2048] [--highway 0] [--threads 2]
+        [--rnn-lr-schedule constant]
         [--exchange PATH] [--ett PATH] [--set KEY=VALUE ...]
 
 - exchange-rate (`exchange_rate.txt[.gz]`, 7588 x 8), LSTNet protocol: 60/20/20 by target row,
@@ -149,6 +150,7 @@ def model_overrides(args, spec: dict, model: str) -> list[str]:
         f"forecast.hidden={args.hidden}",
         f"forecast.train_windows={args.train_windows}",
         f"forecast.highway={args.highway}",
+        *([f"forecast.lr_schedule={args.rnn_lr_schedule}"] if args.rnn_lr_schedule else []),
     ]
     if model == "searched":
         genotype = spec.get("genotype", args.genotype)
@@ -255,6 +257,13 @@ def main() -> None:
         "--highway", type=int, default=0, help="recurrent: LSTNet's AR highway (stock.sh: 24)"
     )
     p.add_argument("--linear-lr", type=float, default=0.005, help="ETTh1 (LTSF-Linear's)")
+    p.add_argument(
+        "--rnn-lr-schedule",
+        default="",
+        help="recurrent models (and the search's final cells): override the protocol's learning "
+        "rate schedule, e.g. constant (ETTh1's halving every epoch suits the linear model; it "
+        "stops a recurrent one after a few epochs of 2048 windows)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--exchange", default=str(DATA / "lstnet"), help="file or directory")
