@@ -153,15 +153,16 @@ class DartsRNNSearchCell(NodePresence, _DartsRNNCellBase):
         self.bn = nn.BatchNorm1d(hidden_size, affine=False) if batch_norm else None
         self.presence = [1.0] * steps
 
-    def add_node(self) -> nn.Parameter:
+    def add_node(self) -> list[nn.Parameter]:
         """Append node steps+1 (edges from every state, a fresh W drawn from the global
-        generator) at presence 0: the output is unchanged until the presence ramps up."""
+        generator) at presence 0: the output is unchanged until the presence ramps up. Returns
+        the new parameters."""
         d = self.hidden_size
         w = node_weight(d, 2 * d, like=self.W0)
         self.Ws.append(w)
         self.steps += 1
         self.presence.append(0.0)
-        return w
+        return [w]
 
     def _plan(self, w: torch.Tensor):
         """Per node: (active predecessors, their weights per active op [k, 1, 1], the sum of
@@ -322,9 +323,8 @@ class RecurrentGrowth:
     def grow(self, seed: int | None = None) -> Growth:
         """Add one node to the cell, in place, function-preserving (its presence is 0)."""
         with forked_rng(seed):
-            params = self.core.add_node()
+            added = self.core.add_node()
         self.steps = self.core.steps
-        added = list(params) if isinstance(params, list | tuple) else [params]
         return Growth(nodes=self.steps, added=added)
 
     def presence(self) -> list[float]:
