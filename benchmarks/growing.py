@@ -151,6 +151,20 @@ def cnn_train(args, path: Path, genotype: Path, seed: int) -> dict:
 # ----------------------------------------------------------------------------- recurrent tasks
 
 
+def recurrent_search(search_base: Callable):
+    """The search stage of a recurrent task: its base (config, overrides) from
+    `search_base(args, seed)` plus the variant's sizes, reused when finished."""
+
+    def search(args, path: Path, seed: int, variant: str) -> dict:
+        if not (path / "genotype.json").exists():
+            config, base = search_base(args, seed)
+            sizes = VARIANTS[variant](args, args.rnn_start_nodes, args.rnn_max_nodes)
+            run_stage(path, config, [*base, *sizes, *args.set], run_search, log=lambda s: None)
+        return search_summary(path, args.rnn_max_nodes)
+
+    return search
+
+
 def lm_stages(space: str):
     """PTB language modelling with the `space` cell (darts_rnn or pair_rnn): the search
     (configs/<space>_ptb.toml at --lm-nhid units on the first --lm-tokens training tokens) and
@@ -172,13 +186,6 @@ def lm_stages(space: str):
         ]
         return str(REPO / "configs" / f"{space}_ptb.toml"), overrides
 
-    def search(args, path: Path, seed: int, variant: str) -> dict:
-        if not (path / "genotype.json").exists():
-            config, base = search_base(args, seed)
-            sizes = VARIANTS[variant](args, args.rnn_start_nodes, args.rnn_max_nodes)
-            run_stage(path, config, [*base, *sizes, *args.set], run_search, log=lambda s: None)
-        return search_summary(path, args.rnn_max_nodes)
-
     def train(args, path: Path, genotype: Path, seed: int) -> float:
         if not (path / "result.json").exists():
             overrides = [
@@ -197,7 +204,7 @@ def lm_stages(space: str):
             run_stage(path, recipe, overrides, train_lm, log=lambda s: None)
         return json.loads((path / "result.json").read_text())["valid_ppl"]
 
-    return search, train, search_base
+    return recurrent_search(search_base), train, search_base
 
 
 def forecast_stages(space: str):
@@ -232,13 +239,6 @@ def forecast_stages(space: str):
         ]
         return str(REPO / "configs" / "darts_rnn_forecast.toml"), overrides
 
-    def search(args, path: Path, seed: int, variant: str) -> dict:
-        if not (path / "genotype.json").exists():
-            config, base = search_base(args, seed)
-            sizes = VARIANTS[variant](args, args.rnn_start_nodes, args.rnn_max_nodes)
-            run_stage(path, config, [*base, *sizes, *args.set], run_search, log=lambda s: None)
-        return search_summary(path, args.rnn_max_nodes)
-
     def train(args, path: Path, genotype: Path, seed: int) -> float:
         if not (path / "result.json").exists():
             overrides = [
@@ -252,7 +252,7 @@ def forecast_stages(space: str):
             run_stage(path, recipe, overrides, train_forecast, log=lambda s: None)
         return json.loads((path / "result.json").read_text())["val_rse"]
 
-    return search, train, search_base
+    return recurrent_search(search_base), train, search_base
 
 
 @dataclass

@@ -310,9 +310,8 @@ class PairRNNForecastSuperNet(PairRNNArch, RecurrentForecaster):
 
 
 def _search_cell(space_cfg, input_size: int, hidden: int, lm_cfg, drop_none: bool):
-    ops = tuple(o for o in PAIR_RNN_OPS if not (drop_none and o == "none"))
-    if not space_cfg.pair_none:
-        ops = tuple(o for o in ops if o != "none")
+    keep_none = space_cfg.pair_none and not drop_none
+    ops = tuple(o for o in PAIR_RNN_OPS if keep_none or o != "none")
     return PairRNNSearchCell(
         input_size,
         hidden,

@@ -29,27 +29,33 @@ class CellGraph:
     # at: where along it (0 to 1) its label sits.
     edges: list[tuple[str, str, str | None, float, float]] = field(default_factory=list)
     pos: dict[str, tuple[float, float]] = field(default_factory=dict)
-    # The cell's ops without weights, drawn grey (None: the CNN spaces' skip, pools, none).
+    # The cell's ops without weights, drawn grey (None: the CNN spaces' skip, pools, none;
+    # `cell_graphs` sets the genotype's own, `diagnostics.parameter_free`).
     free_ops: frozenset[str] | None = None
 
 
 def cell_graphs(genotype: Any) -> list[tuple[str, CellGraph]]:
     """(cell type, graph) of every cell of a genotype: NB201's one cell, DARTS' normal and
     reduce cells."""
+    from diffnas.search.diagnostics import parameter_free
     from diffnas.spaces.genotypes import NB201Genotype, PairRNNGenotype, RNNGenotype
 
     if genotype is None:
         return []
     if isinstance(genotype, NB201Genotype):
-        return [("cell", nb201_graph(genotype.ops))]
-    if isinstance(genotype, PairRNNGenotype):
-        return [("recurrent", pair_graph(genotype))]
-    if isinstance(genotype, RNNGenotype):
-        return [("recurrent", rnn_graph(genotype.recurrent, genotype.concat))]
-    return [
-        (kind, darts_graph(getattr(genotype, kind), getattr(genotype, kind + "_concat"), kind))
-        for kind in ("normal", "reduce")
-    ]
+        graphs = [("cell", nb201_graph(genotype.ops))]
+    elif isinstance(genotype, PairRNNGenotype):
+        graphs = [("recurrent", pair_graph(genotype))]
+    elif isinstance(genotype, RNNGenotype):
+        graphs = [("recurrent", rnn_graph(genotype.recurrent, genotype.concat))]
+    else:
+        graphs = [
+            (kind, darts_graph(getattr(genotype, kind), getattr(genotype, kind + "_concat"), kind))
+            for kind in ("normal", "reduce")
+        ]
+    for _, g in graphs:
+        g.free_ops = parameter_free(genotype)  # the space's own: no DARTS RNN op is
+    return graphs
 
 
 STEP = 2.4  # distance between neighbouring nodes in the matplotlib drawing (room for labels)
@@ -103,7 +109,7 @@ def darts_graph(gene, concat, kind: str) -> CellGraph:
 def rnn_graph(gene, concat) -> CellGraph:
     """A DARTS RNN cell: input (x_t, h_{t-1}), highway node 0, nodes 1.. (one input and
     activation each), output h_t (the mean of the concat nodes)."""
-    g = CellGraph("recurrent cell", free_ops=frozenset())  # every node has its own W_i
+    g = CellGraph("recurrent cell")
     g.nodes.append(("in", "x_t, h_{t-1}", "input"))
     g.pos["in"] = (0.0, 0.0)
     for i in range(len(gene) + 1):
@@ -125,9 +131,7 @@ def pair_graph(genotype) -> CellGraph:
     """A two-input cell: input (x_t, h_{t-1}), highway node 0, node k reading a = s_{k-1}
     (labelled with its op) and b (its second source, unlabelled), output h_t (the mean of the
     nodes, or the last)."""
-    from diffnas.spaces.pair_rnn import PAIR_PARAMETER_FREE
-
-    g = CellGraph("two-input recurrent cell", free_ops=PAIR_PARAMETER_FREE)
+    g = CellGraph("two-input recurrent cell")
     n = len(genotype.ops)
     g.nodes.append(("in", "x_t, h_{t-1}", "input"))
     g.pos["in"] = (0.0, 0.0)
