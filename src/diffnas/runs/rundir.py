@@ -26,6 +26,7 @@ from typing import IO, Any
 import torch
 
 from diffnas.runs.config import Config, config_to_toml, load_config
+from diffnas.runs.rng import restore_rng
 
 CONFIG_FILE = "config.toml"
 METRICS_FILE = "metrics.jsonl"
@@ -298,3 +299,16 @@ class RunDir:
                     "some of its lines were lost",
                     stacklevel=3,
                 )
+
+
+def resume_trainer(
+    run: RunDir, trainer, epochs: int, log: Callable[[str], None], map_location="cpu"
+) -> dict[str, Any]:
+    """Resume a final training in `run`: load its newest checkpoint, the trainer's state (its
+    "trainer" entry) and the RNG states, and log where it resumes (of `epochs`); the
+    checkpoint, whose "epoch" and any loop state the caller reads."""
+    state = run.load_checkpoint(map_location=map_location)
+    trainer.load_state_dict(state["trainer"])
+    restore_rng(state["rng"])
+    log(f"resumed {run.path} at epoch {state['epoch']}/{epochs}")
+    return state

@@ -47,7 +47,8 @@ from diffnas.registry import Registry
 from diffnas.runs import tensorboard
 from diffnas.runs.config import ConfigError
 from diffnas.runs.progress import Progress
-from diffnas.runs.rng import capture_rng, restore_rng, seed_everything
+from diffnas.runs.rng import capture_rng, seed_everything
+from diffnas.runs.rundir import resume_trainer
 from diffnas.spaces.forecaster import ForecastShape, RecurrentForecaster, predict
 from diffnas.spaces.recurrent import RECURRENT_CORES, build_core, core_hint, takes_genotype
 
@@ -324,12 +325,9 @@ def train_forecast(
     select = data.protocol.select_metric
     start_epoch, best, bad_epochs, stopped = 0, None, 0, False
     if resume:
-        state = run.load_checkpoint(map_location=device)
-        trainer.load_state_dict(state["trainer"])
+        state = resume_trainer(run, trainer, cfg.train.epochs, log, map_location=device)
         start_epoch, best = state["epoch"], state["best"]
         bad_epochs, stopped = state["bad_epochs"], state["stopped"]
-        restore_rng(state["rng"])
-        log(f"resumed {run.path} at epoch {start_epoch}/{cfg.train.epochs}")
     else:
         if genotype is not None:
             from diffnas.spaces.genotypes import genotype_to_json

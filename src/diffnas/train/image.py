@@ -18,7 +18,8 @@ from torch import nn
 from diffnas.data import Augment, EpochBatches, load_images
 from diffnas.runs import tensorboard
 from diffnas.runs.progress import Progress
-from diffnas.runs.rng import capture_rng, restore_rng, seed_everything
+from diffnas.runs.rng import capture_rng, seed_everything
+from diffnas.runs.rundir import resume_trainer
 from diffnas.search.darts import accuracy, cosine_lr
 from diffnas.search.loop import epoch_seed, resolve_device
 from diffnas.spaces.final import build_final_network, count_macs, count_params
@@ -143,11 +144,8 @@ def train_image(
     }
     start_epoch = 0
     if resume:
-        state = run.load_checkpoint()
-        trainer.load_state_dict(state["trainer"])
+        state = resume_trainer(run, trainer, cfg.train.epochs, log)
         start_epoch = state["epoch"]
-        restore_rng(state["rng"])
-        log(f"resumed {run.path} at epoch {start_epoch}/{cfg.train.epochs}")
     else:
         run.write_genotype(genotype_to_json(genotype))
         log(

@@ -29,7 +29,8 @@ from diffnas.data.text import BPTTBatches, batchify, load_corpus
 from diffnas.runs import tensorboard
 from diffnas.runs.config import ConfigError
 from diffnas.runs.progress import Progress
-from diffnas.runs.rng import capture_rng, restore_rng, seed_everything
+from diffnas.runs.rng import capture_rng, seed_everything
+from diffnas.runs.rundir import resume_trainer
 from diffnas.search.loop import epoch_seed, resolve_device
 from diffnas.search.objectives import perplexity
 from diffnas.spaces.final import count_params
@@ -222,11 +223,8 @@ def train_lm(
     params = count_params(model)
     start_epoch = 0
     if resume:
-        state = run.load_checkpoint()
-        trainer.load_state_dict(state["trainer"])
+        state = resume_trainer(run, trainer, cfg.train.epochs, log)
         start_epoch = state["epoch"]
-        restore_rng(state["rng"])
-        log(f"resumed {run.path} at epoch {start_epoch}/{cfg.train.epochs}")
     else:
         if genotype is not None:
             run.write_genotype(genotype_to_json(genotype))
