@@ -11,6 +11,16 @@ from diffnas.runs.config import SearchConfig, SpaceConfig
 
 
 @pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread: tiny models only lose time to threading on a shared machine (and
+    leave the other cores alone). Modules use it with `pytestmark`."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture
 def float64() -> Iterator[None]:
     """Run the test with float64 as the default dtype, restored afterwards."""
     old = torch.get_default_dtype()

@@ -19,14 +19,7 @@ from diffnas.search.loop import run_search
 from diffnas.spaces import build_supernet
 from diffnas.spaces.darts_cnn import DartsSuperNet, edge_list
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: these tiny models only lose time to threading on a shared machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize(("mode", "node_bn"), [("eval", False), ("eval", True), ("train", False)])

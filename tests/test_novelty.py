@@ -16,14 +16,7 @@ from diffnas.search.single_path import DartsCodec, NB201Codec
 from diffnas.spaces.darts_cnn import DartsSuperNet
 from diffnas.spaces.nb201 import NB201SuperNet
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and leave the other cores alone)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

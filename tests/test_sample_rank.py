@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
 from diffnas.bench.ranking import kendall_tau
 from diffnas.runs.config import load_config
@@ -16,14 +15,7 @@ from diffnas.search.loop import run_search
 from diffnas.select import open_select_dir, run_select
 from diffnas.select import sample_rank as sample_rank_module
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and leave the other cores alone)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------------------------

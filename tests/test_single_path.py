@@ -18,14 +18,7 @@ from diffnas.spaces.genotypes import validate_darts
 from diffnas.spaces.nb201 import NB201SuperNet
 from diffnas.spaces.nb201 import SearchCell as NB201SearchCell
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and leave the other cores alone)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model(space: str) -> nn.Module:
