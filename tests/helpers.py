@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
+import torch.multiprocessing as mp
 from torch import nn
 
 
@@ -84,3 +89,45 @@ def extend_weights(weights, shapes, seed):
         new = torch.softmax(2 * torch.randn(rows, shapes[k][1], generator=g), -1)
         out[k] = torch.cat([w, new])
     return out
+
+
+# --------------------------------------------------------------------- gloo ranks on one CPU
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(rank: int, world: int, port: int, fn, args: tuple) -> None:
+    """One spawned rank: torchrun's environment, one thread, the process group, then `fn`."""
+    from diffnas.runs import distributed
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+    )
+    torch.set_num_threads(1)
+    distributed.init_from_env(torch.device("cpu"))
+    try:
+        fn(*args)
+    finally:
+        distributed.cleanup()
+
+
+def spawn(fn, world: int, *args) -> None:
+    """Run fn(*args) on `world` gloo ranks (torch.multiprocessing.spawn); fn must be a
+    module-level function of a test module."""
+    mp.spawn(_entry, args=(world, _free_port(), fn, args), nprocs=world, join=True)
+
+
+def torchrun(command: str, *args: str) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node=2 -m diffnas COMMAND ARGS` (output captured)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    cmd += ["-m", "diffnas", command, *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

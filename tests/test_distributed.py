@@ -13,21 +13,17 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
+from helpers import spawn, torchrun
 from torch import nn
 
 from diffnas.data import cycle_batches
+from diffnas.runs import distributed
 from diffnas.runs.config import ConfigError, load_config
 from diffnas.runs.rundir import RunDir
-from diffnas.search import distributed
 from diffnas.search.loop import build_search, epoch_seed, run_search
 
 TINY = [
@@ -47,7 +43,6 @@ TINY = [
 ]
 F64 = ['run.dtype="float64"']
 RTOL, ATOL = 1e-9, 1e-12  # float64; measured agreement is about 1e-13 relative
-ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
 
 
 @pytest.fixture
@@ -59,34 +54,6 @@ def restore_threads():
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _entry(rank: int, world: int, port: int, fn, args: tuple) -> None:
-    """One spawned rank: torchrun's environment, one thread, the process group, then `fn`."""
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world),
-    )
-    torch.set_num_threads(1)
-    distributed.init_from_env(torch.device("cpu"))
-    try:
-        fn(*args)
-    finally:
-        distributed.cleanup()
-
-
-def _spawn(fn, world: int, *args) -> None:
-    """Run fn(*args) on `world` gloo ranks (torch.multiprocessing.spawn)."""
-    mp.spawn(_entry, args=(world, _free_port(), fn, args), nprocs=world, join=True)
 
 
 def _steps(settings: list[str], epochs: int) -> dict:
@@ -184,12 +151,6 @@ def _assert_written_once(run_dir: Path, epochs: int, steps_per_epoch: int) -> No
     assert [r["epoch"] for r in _records(run_dir, "genotypes.jsonl")] == list(range(epochs))
 
 
-def _torchrun(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    cmd += ["-m", "diffnas", "search", *args]
-    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
     """An uninterrupted single-process float64 run of 4 epochs (3 steps each)."""
@@ -227,7 +188,7 @@ def test_two_ranks_identical_every_step_and_equal_one_process(tmp_path, order, r
     with and without sync BN, float64), and equal to one process on the same global batches
     (float64, to 1e-9)."""
     settings = [*TINY, f"search.order={order}"]
-    _spawn(_steps_job, 2, settings, 2, tmp_path / "two.pt")
+    spawn(_steps_job, 2, settings, 2, tmp_path / "two.pt")
     two = torch.load(tmp_path / "two.pt", weights_only=True)
     assert two["same_f32"] == [True] * 6
     assert two["same_per_rank_bn"] == [True] * 6
@@ -244,7 +205,7 @@ def test_two_ranks_identical_every_step_and_equal_one_process(tmp_path, order, r
 def test_resume_two_ranks_then_one_process(tmp_path, reference, restore_threads):
     """2 ranks for 2 epochs, then 1 process for 2 more = 1 process for 4 epochs."""
     out = tmp_path / "run"
-    _spawn(_search_job, 2, TINY + F64, out, 2)
+    spawn(_search_job, 2, TINY + F64, out, 2)
     assert (out / "checkpoint.pt").exists() and not (out / "genotype.json").exists()
     run_search(RunDir(out).read_config(), RunDir.open_existing(out), True, log=lambda _: None)
     _assert_same_run(out, reference)
@@ -255,7 +216,7 @@ def test_torchrun_two_ranks_equal_one_process_rank0_writes(tmp_path, reference, 
     """`torchrun -m diffnas search` on 2 ranks equals the 1-process run; rank 0 alone writes the
     run directory and prints."""
     out = tmp_path / "run"
-    r = _torchrun("--out", str(out), *[x for s in TINY + F64 for x in ("--set", s)])
+    r = torchrun("search", "--out", str(out), *[x for s in TINY + F64 for x in ("--set", s)])
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("run directory:") == 1 and r.stdout.count("search finished") == 1
     _assert_same_run(out, reference)
@@ -266,7 +227,7 @@ def test_torchrun_resume_one_process_on_two_ranks(tmp_path, reference, restore_t
     """1 process for 2 epochs, then `torchrun ... --resume` on 2 ranks = 1 process for 4."""
     out = tmp_path / "run"
     _search(out, TINY + F64, stop_after=2)
-    r = _torchrun("--resume", str(out))
+    r = torchrun("search", "--resume", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("at epoch 2/4") == 1 and r.stdout.count("search finished") == 1
     _assert_same_run(out, reference)

@@ -52,10 +52,31 @@ def _data_label(cfg, task: str) -> str:
     return label(cfg) if label else cfg.data.dataset
 
 
+def _create_run(cfg, **name):
+    """A new run directory for `cfg` (`resolve_out(cfg, **name)`), made by rank 0 alone under
+    torchrun: every rank gets rank 0's path (the default name holds the time) and stops with
+    rank 0's error, instead of waiting for it forever."""
+    from diffnas.runs import distributed
+    from diffnas.runs.rundir import RunDir, RunDirError, resolve_out
+
+    cfg.run.out = distributed.broadcast_object(str(resolve_out(cfg, **name)))
+    run = RunDir(cfg.run.out)
+    error = None
+    if distributed.is_main():
+        try:
+            run.create(cfg)
+        except RunDirError as e:
+            error = str(e)
+    error = distributed.broadcast_object(error)
+    if error:
+        raise RunDirError(error)
+    return run
+
+
 def cmd_search(args) -> int:
     """`diffnas search`: run or resume a search (under torchrun: one process per rank)."""
-    from diffnas.runs.rundir import RunDir, RunDirError, resolve_out
-    from diffnas.search import distributed
+    from diffnas.runs import distributed
+    from diffnas.runs.rundir import RunDir
     from diffnas.search.loop import resolve_device, run_search, search_task
 
     if args.resume:
@@ -71,20 +92,7 @@ def cmd_search(args) -> int:
             overrides.append(f"run.out={json.dumps(args.out)}")
         cfg = load_config(cfg_path, overrides)
         distributed.init_from_env(resolve_device(cfg.run.device))
-        # The default name holds the time: rank 0's name for every rank; only rank 0 creates it.
-        label = _data_label(cfg, search_task(cfg))
-        cfg.run.out = distributed.broadcast_object(str(resolve_out(cfg, dataset=label)))
-        run = RunDir(cfg.run.out)
-        error = None
-        if distributed.is_main():
-            try:
-                run.create(cfg)
-            except RunDirError as e:
-                error = str(e)
-        # Every rank stops with rank 0's error, instead of waiting for it forever.
-        error = distributed.broadcast_object(error)
-        if error:
-            raise RunDirError(error)
+        run = _create_run(cfg, dataset=_data_label(cfg, search_task(cfg)))
         if distributed.is_main():
             print(f"run directory: {run.path}" + ("" if args.config else " (quickstart config)"))
     main = distributed.is_main()
@@ -156,30 +164,41 @@ def _train_config(args):
 
 
 def cmd_train(args) -> int:
-    """`diffnas train`: train a genotype's final network from scratch, or resume that."""
-    from diffnas.runs.rundir import RunDir, resolve_out
+    """`diffnas train`: train a genotype's final network from scratch, or resume that (under
+    torchrun, image tasks: one process per rank)."""
+    from diffnas.runs import distributed
+    from diffnas.runs.rundir import RunDir
+    from diffnas.search.loop import resolve_device
     from diffnas.spaces.final import check_final_config, space_family
-    from diffnas.train import TASKS
+    from diffnas.train import TASKS, check_world_size
 
     if args.resume:
         if args.set or args.config or args.out or args.genotype:
             raise ConfigError("--resume uses the run's own config.toml; drop the other options")
         run = RunDir.open_existing(args.resume)
         cfg = run.read_config()
+        check_world_size(cfg.train.task)
+        distributed.init_from_env(resolve_device(cfg.run.device))
     else:
         cfg, genotype = _train_config(args)
         if cfg.train.task == "image":
             check_final_config(genotype, cfg.train)  # before the run directory exists
+        check_world_size(cfg.train.task)
         if args.out:
             cfg.run.out = args.out
+        distributed.init_from_env(resolve_device(cfg.run.device))
         kind = space_family(genotype) if cfg.train.task == "image" else cfg.train.task
-        label = _data_label(cfg, cfg.train.task)
-        run = RunDir(resolve_out(cfg, kind=f"train-{kind}", dataset=label)).create(cfg)
-        print(f"run directory: {run.path}")
-    t0 = time.perf_counter()
-    result = TASKS.get(cfg.train.task)(cfg, run, resume=bool(args.resume))
-    print(f"\ntraining finished in {time.perf_counter() - t0:.0f}s: {_describe_result(result)}")
-    print(f"written to {Path(run.path) / 'result.json'}")
+        run = _create_run(cfg, kind=f"train-{kind}", dataset=_data_label(cfg, cfg.train.task))
+        if distributed.is_main():
+            print(f"run directory: {run.path}")
+    main, t0 = distributed.is_main(), time.perf_counter()
+    try:
+        result = TASKS.get(cfg.train.task)(cfg, run, resume=bool(args.resume))
+    finally:
+        distributed.cleanup()
+    if main:
+        print(f"\ntraining finished in {time.perf_counter() - t0:.0f}s: {_describe_result(result)}")
+        print(f"written to {Path(run.path) / 'result.json'}")
     return 0
 
 

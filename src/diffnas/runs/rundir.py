@@ -306,9 +306,14 @@ def resume_trainer(
 ) -> dict[str, Any]:
     """Resume a final training in `run`: load its newest checkpoint, the trainer's state (its
     "trainer" entry) and the RNG states, and log where it resumes (of `epochs`); the
-    checkpoint, whose "epoch" and any loop state the caller reads."""
-    state = run.load_checkpoint(map_location=map_location)
+    checkpoint, whose "epoch" and any loop state the caller reads. Under torchrun rank 0 reads
+    the checkpoint (and cuts the logs back to it) and every rank gets its bytes."""
+    from diffnas.runs import distributed
+
+    main = distributed.is_main()
+    state = distributed.broadcast_object(run.load_checkpoint(map_location) if main else None)
     trainer.load_state_dict(state["trainer"])
     restore_rng(state["rng"])
-    log(f"resumed {run.path} at epoch {state['epoch']}/{epochs}")
+    if main:
+        log(f"resumed {run.path} at epoch {state['epoch']}/{epochs}")
     return state

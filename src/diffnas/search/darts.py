@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from diffnas.arch import ArchParameters
-from diffnas.search import distributed
+from diffnas.runs import distributed
 from diffnas.search.architect import Architect
 from diffnas.search.growing import GROWERS
 from diffnas.search.objectives import ImageObjective, Objective, accuracy

@@ -34,8 +34,8 @@ from torch import nn
 
 from diffnas.arch import ACTIVATIONS
 from diffnas.registry import Registry
+from diffnas.runs import distributed
 from diffnas.runs.config import ConfigError
-from diffnas.search import distributed
 from diffnas.spaces.growth import pad_to
 
 GROWERS: Registry = Registry("grower")

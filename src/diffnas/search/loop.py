@@ -12,11 +12,11 @@ import torch
 from diffnas.arch import ACTIVATIONS, ArchParameters
 from diffnas.data import Augment, EpochBatches, cycle_batches, load_images, split_indices
 from diffnas.registry import Registry
-from diffnas.runs import tensorboard
+from diffnas.runs import distributed, tensorboard
 from diffnas.runs.config import ConfigError
 from diffnas.runs.progress import Progress
 from diffnas.runs.rng import capture_rng, restore_rng, seed_everything
-from diffnas.search import STRATEGIES, distributed
+from diffnas.search import STRATEGIES
 from diffnas.search.diagnostics import collapse_diagnostics, collapse_warning
 from diffnas.search.objectives import OBJECTIVES, Objective
 from diffnas.spaces import build_supernet, space_task, space_tasks

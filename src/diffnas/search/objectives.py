@@ -35,7 +35,7 @@ from torch import nn
 
 from diffnas.data.forecast_metrics import forecast_loss, protocol_scores
 from diffnas.registry import Registry
-from diffnas.search import distributed
+from diffnas.runs import distributed
 from diffnas.spaces.forecaster import predict_batches
 from diffnas.spaces.recurrent import detach_hidden
 

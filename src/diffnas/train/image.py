@@ -1,9 +1,16 @@
 """Image classification: train a genotype's final network from scratch, with exact resume.
 
 Trains on the whole training split (`data.limit` caps it) and reports loss and accuracy on the
-test split after every epoch. The run directory gets `metrics.jsonl` (one record per epoch),
-`genotype.json`, checkpoints after every epoch, and `result.json` at the end (final test
-accuracy, parameter count, multiply-adds).
+test split after every epoch. Under torchrun it trains data-parallel: `data.batch_size` is the
+global batch, each rank trains on its shard, gradients are averaged over the ranks before the
+clip and the step (so every replica stays identical), batch norm uses the global batch's
+statistics with `run.sync_bn`, the test split is shared out by rows, and rank 0 alone writes.
+Drop-path masks are drawn per rank from a generator seeded by (seed, epoch, rank), so each rank
+masks its own images and an epoch's randomness does not depend on where a run was resumed.
+
+The run directory gets `metrics.jsonl` (one record per epoch), `genotype.json`, checkpoints
+after every epoch, and `result.json` at the end (final test accuracy, parameter count,
+multiply-adds).
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffnas.data import Augment, EpochBatches, load_images
-from diffnas.runs import tensorboard
+from diffnas.runs import distributed, tensorboard
 from diffnas.runs.progress import Progress
 from diffnas.runs.rng import capture_rng, seed_everything
 from diffnas.runs.rundir import resume_trainer
@@ -62,6 +69,10 @@ class ImageTrainer:
         total = loss if aux is None else loss + self.cfg.auxiliary_weight * self.loss(aux, y)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
+        if distributed.is_distributed():
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            for g, mean in zip(grads, distributed.all_reduce_mean(grads), strict=True):
+                g.copy_(mean)
         if self.cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
@@ -69,15 +80,18 @@ class ImageTrainer:
 
     @torch.no_grad()
     def evaluate(self, batches) -> dict[str, float]:
-        """Test loss and accuracy in eval mode (no drop-path, no auxiliary head, BN statistics)."""
+        """Test loss and accuracy in eval mode (no drop-path, no auxiliary head, BN statistics);
+        under torchrun each rank scores its rows of every batch and the sums are all-reduced."""
         self.model.eval()
         n, loss_sum, correct = 0, 0.0, 0
-        for x, y in batches:
+        for batch in batches:
+            x, y = distributed.split_rows(batch)
             logits = self.model(x)
             loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
             correct += (logits.argmax(-1) == y).sum().item()
             n += len(y)
         self.model.train()
+        n, loss_sum, correct = distributed.sum_floats([n, loss_sum, correct])
         return {"test_loss": loss_sum / max(n, 1), "test_acc": 100.0 * correct / max(n, 1)}
 
     def state_dict(self) -> dict:
@@ -90,6 +104,11 @@ class ImageTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
 
 
+def drop_path_seed(seed: int, epoch: int, rank: int) -> int:
+    """Seed of the global torch generator for one epoch of one rank (its drop-path masks)."""
+    return (epoch_seed(seed, epoch, 2) * 1_000_003 + rank) % 2**63
+
+
 def train_image(
     cfg,
     run,
@@ -100,18 +119,22 @@ def train_image(
     """Train (or resume) the final network of `cfg.train.genotype` in run directory `run`.
 
     `stop_after` ends the run after that many epochs in all (a checkpoint, no result), to be
-    resumed later. Returns the result record (also written to `result.json` when finished).
+    resumed later, possibly with another number of processes. Returns the result record (also
+    written to `result.json` when finished); under torchrun every rank calls this, and the
+    ranks other than 0 return their last epoch record and write nothing.
     """
     t_start = time.perf_counter()
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
-    device = resolve_device(cfg.run.device)
+    device = distributed.init_from_env(resolve_device(cfg.run.device))
+    main = distributed.is_main()
     dtype = getattr(torch, cfg.run.dtype)
     genotype = load_genotype(cfg.train.genotype)
     seed_everything(cfg.run.seed)
     train_ds = load_images(cfg.data.dataset, "train", cfg.data.data_dir or None)
     test_ds = load_images(cfg.data.dataset, "test", cfg.data.data_dir or None)
     n = min(cfg.data.limit, len(train_ds)) if cfg.data.limit else len(train_ds)
+    distributed.check_batches({"train": n}, cfg.data.batch_size)
     memory_format = torch.channels_last if cfg.run.channels_last else torch.contiguous_format
     aug = (
         Augment(train_ds.mean, train_ds.std, pad=4, flip=True, cutout=cfg.data.cutout)
@@ -135,6 +158,9 @@ def train_image(
     )
     model = build_final_network(genotype, cfg.train, train_ds.in_channels, train_ds.num_classes)
     model = model.to(device, dtype, memory_format=memory_format)
+    if distributed.is_distributed() and cfg.run.sync_bn:
+        model = distributed.convert_sync_batchnorm(model)
+    distributed.broadcast_module(model)  # identical by seeding; rank 0's makes it certain
     trainer = ImageTrainer(model, cfg.train)
     shape = (train_ds.in_channels, train_ds.image_size, train_ds.image_size)
     sizes = {
@@ -146,7 +172,7 @@ def train_image(
     if resume:
         state = resume_trainer(run, trainer, cfg.train.epochs, log)
         start_epoch = state["epoch"]
-    else:
+    elif main:
         run.write_genotype(genotype_to_json(genotype))
         log(
             f"{type(model).__name__} of {genotype}: {sizes['params'] / 1e6:.3f}M parameters"
@@ -154,23 +180,29 @@ def train_image(
         )
     epochs = cfg.train.epochs
     end_epoch = epochs if stop_after is None else min(stop_after, epochs)
-    writer = tensorboard.open_writer(run.path, cfg.run.tensorboard)
+    writer = tensorboard.open_writer(run.path, cfg.run.tensorboard and main)
     record = {}
     for epoch in range(start_epoch, end_epoch):
         t0 = time.perf_counter()
         schedule = trainer.start_epoch(epoch)
+        torch.manual_seed(drop_path_seed(cfg.run.seed, epoch, distributed.rank()))
         bar = Progress(
             train.epoch(epoch_seed(cfg.run.seed, epoch, 0)),
             len(train),
             desc=f"epoch {epoch + 1}/{epochs}",
-            enabled=cfg.run.progress,
+            enabled=cfg.run.progress and main,
             unit="step",
         )
         loss_sum = acc_sum = 0.0
-        for x, y in bar:
+        for batch in bar:
+            x, y = distributed.shard(batch)
             loss, acc = trainer.step(x.to(dtype), y)
             loss_sum, acc_sum = loss_sum + loss, acc_sum + acc
             bar.update(loss=loss, acc=acc)
+        # Equal shards: the mean over the ranks of their means is the global batches' mean.
+        loss_sum, acc_sum = (
+            v / distributed.world_size() for v in distributed.sum_floats([loss_sum, acc_sum])
+        )
         steps = max(len(train), 1)
         record = {
             "kind": "epoch",
@@ -181,6 +213,8 @@ def train_image(
             **trainer.evaluate((x.to(dtype), y) for x, y in test.epoch(0)),
             "epoch_time_s": time.perf_counter() - t0,
         }
+        if not main:
+            continue
         run.log_metrics(record)
         tensorboard.log_epoch(writer, record)
         run.save_checkpoint(
@@ -191,19 +225,19 @@ def train_image(
             f"train_acc={record['train_acc']:.2f} test_acc={record['test_acc']:.2f} "
             f"({record['epoch_time_s']:.1f}s)"
         )
-    if end_epoch < epochs:
-        return record
-    if not record:  # resumed a finished run: its last epoch record is the result
-        record = run.read_metrics()[-1]
-    result = {
-        "genotype": str(genotype),
-        "network": type(model).__name__,
-        "epochs": epochs,
-        "test_acc": record["test_acc"],
-        "test_loss": record["test_loss"],
-        **sizes,
-        "input_shape": list(shape),
-        "wall_s_this_session": time.perf_counter() - t_start,
-    }
-    run.write_json(RESULT_FILE, result)
-    return result
+    if end_epoch == epochs and main:
+        if not record:  # resumed a finished run: its last epoch record is the result
+            record = run.read_metrics()[-1]
+        record = {
+            "genotype": str(genotype),
+            "network": type(model).__name__,
+            "epochs": epochs,
+            "test_acc": record["test_acc"],
+            "test_loss": record["test_loss"],
+            **sizes,
+            "input_shape": list(shape),
+            "wall_s_this_session": time.perf_counter() - t_start,
+        }
+        run.write_json(RESULT_FILE, record)
+    distributed.barrier()  # when any rank returns, the run directory is complete
+    return record

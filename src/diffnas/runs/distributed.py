@@ -132,6 +132,15 @@ def all_reduce_sum(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return tensors
 
 
+def sum_floats(values: Sequence[float]) -> list[float]:
+    """The sums over the ranks of a few Python numbers (metrics, counts), in float64."""
+    if not is_distributed():
+        return [float(v) for v in values]
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_comm_device())
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
 def broadcast_(tensors: Sequence[torch.Tensor], src: int = 0) -> None:
     """Overwrite each tensor with rank `src`'s, one flat buffer per dtype."""
     tensors = list(tensors)
