@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import conv_counter, n_convs
 from torch import nn
 
@@ -235,6 +236,36 @@ def test_avg_pool_equals_torch_avg_pool(stride, size):
     (gx_ref,) = torch.autograd.grad(ref, x, g)
     (gx,) = torch.autograd.grad(out, x, g)
     torch.testing.assert_close(gx, gx_ref)
+
+
+@pytest.mark.parametrize("kernel,dilation", [(3, 1), (5, 1), (3, 2), (5, 2)])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("size", [(8, 8), (7, 9)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_depthwise_conv_shortcuts_equal_the_plain_conv(
+    kernel, dilation, stride, size, channels_last
+):
+    """DepthwiseConv2d's CPU training shortcuts (flipped-kernel input gradient; stride-2
+    dilation-2 as a stride-1 conv of the even rows and columns) give the plain conv's output,
+    input gradient and weight gradient; the ops that can take a shortcut do."""
+    from diffnas.ops.cnn import DepthwiseConv2d
+
+    torch.manual_seed(0)
+    pad = dilation * (kernel - 1) // 2
+    conv = DepthwiseConv2d(3, kernel, stride, pad, dilation).double()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(2, 3, *size, dtype=torch.float64).contiguous(memory_format=fmt)
+    x.requires_grad_(True)
+    out = conv(x)
+    ref = F.conv2d(x, conv.weight, None, stride, pad, dilation, groups=3)
+    shortcut = stride == 1 or dilation == 2
+    assert (type(out.grad_fn).__name__ == "_DepthwiseSameBackward") == shortcut
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(ref)
+    got = torch.autograd.grad(out, (x, conv.weight), g)
+    want = torch.autograd.grad(ref, (x, conv.weight), g)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("space", ["nb201", "darts"])

@@ -27,19 +27,32 @@ class ReLUConvBN(nn.Sequential):
 
 
 class DepthwiseConv2d(nn.Conv2d):
-    """A bias-free depthwise conv whose input gradient, at stride 1 on CPU, is computed as a
-    forward conv with the flipped kernel: the same numbers, 7-17x faster than the CPU backward
-    kernel (measured with 1 thread, 64x16x32x32)."""
+    """A bias-free depthwise conv with two exact CPU training shortcuts.
+
+    - Stride 1, 'same' padding: the input gradient is computed as a forward conv with the
+      flipped kernel (the same numbers; 7-17x faster than the CPU backward kernel, measured
+      with 1 thread, 64x16x32x32).
+    - Stride 2 with dilation 2 and 'same' padding (the reduction cells' dil_conv): every tap of
+      output (i, j) reads input (2i + 2a - p, 2j + 2b - p) with p even, i.e. only the even rows
+      and columns. The conv is therefore a stride-1 undilated conv of x[:, :, ::2, ::2] with
+      padding p/2 (the same products and sums), and takes the first shortcut; forward plus
+      backward 6-10x faster than the strided dilated kernel (2 threads, channels_last).
+    """
 
     def __init__(self, C, kernel, stride, padding, dilation=1):
         super().__init__(C, C, kernel, stride, padding, dilation=dilation, groups=C, bias=False)
-        # The flip trick needs a 'same' convolution.
-        self._fast = stride == 1 and padding == dilation * (kernel - 1) // 2
+        same = padding == dilation * (kernel - 1) // 2
+        self._fast = stride == 1 and same
+        self._even_taps = stride == 2 and dilation == 2 and same
 
     def forward(self, x):
         # Only training needs the custom backward; inference and export take the plain conv.
-        if self._fast and x.device.type == "cpu" and torch.is_grad_enabled():
-            return _DepthwiseSame.apply(x, self.weight, self.padding, self.dilation)
+        if x.device.type == "cpu" and torch.is_grad_enabled():
+            if self._fast:
+                return _DepthwiseSame.apply(x, self.weight, self.padding, self.dilation)
+            if self._even_taps:
+                p = (self.padding[0] // 2, self.padding[1] // 2)
+                return _DepthwiseSame.apply(x[:, :, ::2, ::2], self.weight, p, (1, 1))
         return super().forward(x)
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -14,6 +15,24 @@ from diffnas.search.objectives import ImageObjective, Objective
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # Turns this process's gradients into the global ones (an all-reduce mean under torch.distributed).
 GradReduce = Callable[[list[torch.Tensor]], list[torch.Tensor]]
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module) -> Iterator[None]:
+    """The model's parameters do not require grad inside the block (restored after).
+
+    A pass recorded inside computes and saves nothing for weight gradients: autograd already
+    skips those of built-in ops when only the alphas' gradient is asked for, but a custom
+    Function (the fast depthwise conv) decides at forward time from `requires_grad`.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def no_reduce(grads: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -71,8 +90,9 @@ class Architect:
         penalty, when there is one)."""
         alphas = list(self.arch.parameters())
         if self.order == 1:
-            loss = self._loss(None, val_batch, "val", advance=True)
-            grads = self.grad_reduce(list(torch.autograd.grad(loss, alphas)))
+            with frozen(self.model):  # first order needs no weight gradient
+                loss = self._loss(None, val_batch, "val", advance=True)
+                grads = self.grad_reduce(list(torch.autograd.grad(loss, alphas)))
         else:
             loss, grads = self.second_order_grads(train_batch, val_batch, xi)
         # A regulariser of the alphas alone (identical on every rank): its gradient just adds.
