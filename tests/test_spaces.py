@@ -268,6 +268,38 @@ def test_depthwise_conv_shortcuts_equal_the_plain_conv(
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("kernel,stride,dilation", [(3, 1, 1), (5, 1, 2), (3, 2, 2), (5, 2, 1)])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("frozen", [False, True])
+def test_depthwise_pointwise_equals_the_two_convs(
+    kernel, stride, dilation, channels_last, frozen
+):
+    """The fused pair (middle tensor recomputed in the backward) gives the output and the
+    input and weight gradients of the plain depthwise conv followed by the 1x1 conv; with
+    frozen weights (a first-order alpha step) the input gradient alone."""
+    from diffnas.ops.cnn import DepthwiseConv2d, depthwise_pointwise
+
+    torch.manual_seed(0)
+    pad = dilation * (kernel - 1) // 2
+    dw = DepthwiseConv2d(4, kernel, stride, pad, dilation).double()
+    pw = torch.nn.Conv2d(4, 6, 1, bias=False).double()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(2, 4, 7, 9, dtype=torch.float64).contiguous(memory_format=fmt)
+    x.requires_grad_(True)
+    for p in (dw.weight, pw.weight):
+        p.requires_grad_(not frozen)
+    out = depthwise_pointwise(dw, pw, x)
+    ref = pw(F.conv2d(x, dw.weight, None, stride, pad, dilation, groups=4))
+    assert type(out.grad_fn).__name__ == "_DepthwisePointwiseBackward"
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    inputs = (x,) if frozen else (x, dw.weight, pw.weight)
+    g = torch.randn_like(ref)
+    got = torch.autograd.grad(out, inputs, g)
+    for a, b in zip(got, torch.autograd.grad(ref, inputs, g), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert got[0].is_contiguous(memory_format=fmt)
+
+
 @pytest.mark.parametrize("space", ["nb201", "darts"])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_fast_supernet_equals_reference_forward_and_backward(space, channels_last):

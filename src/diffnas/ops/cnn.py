@@ -42,18 +42,56 @@ class DepthwiseConv2d(nn.Conv2d):
     def __init__(self, C, kernel, stride, padding, dilation=1):
         super().__init__(C, C, kernel, stride, padding, dilation=dilation, groups=C, bias=False)
         same = padding == dilation * (kernel - 1) // 2
-        self._fast = stride == 1 and same
-        self._even_taps = stride == 2 and dilation == 2 and same
+        # "same": the flip shortcut; "even": the even taps, then "same"; "plain": neither.
+        self.mode = "same" if stride == 1 and same else "plain"
+        if stride == 2 and dilation == 2 and same:
+            self.mode = "even"
+
+    def shortcut(self, x: torch.Tensor) -> bool:
+        """Does training on `x` take a shortcut? (Inference and export take the plain conv.)"""
+        return self.mode != "plain" and x.device.type == "cpu" and torch.is_grad_enabled()
+
+    def geometry(self) -> tuple[str, tuple, tuple, tuple]:
+        """(mode, stride, padding, dilation) of the conv the shortcut computes."""
+        if self.mode == "even":
+            return "even", (1, 1), (self.padding[0] // 2, self.padding[1] // 2), (1, 1)
+        return self.mode, self.stride, self.padding, self.dilation
 
     def forward(self, x):
-        # Only training needs the custom backward; inference and export take the plain conv.
-        if x.device.type == "cpu" and torch.is_grad_enabled():
-            if self._fast:
-                return _DepthwiseSame.apply(x, self.weight, self.padding, self.dilation)
-            if self._even_taps:
-                p = (self.padding[0] // 2, self.padding[1] // 2)
-                return _DepthwiseSame.apply(x[:, :, ::2, ::2], self.weight, p, (1, 1))
+        if self.shortcut(x):
+            _, _, padding, dilation = self.geometry()
+            x = _even_taps(x) if self.mode == "even" else x
+            return _DepthwiseSame.apply(x, self.weight, padding, dilation)
         return super().forward(x)
+
+
+def _format_of(x: torch.Tensor) -> torch.memory_format:
+    """channels_last if x is laid out so, else contiguous."""
+    cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if cl else torch.contiguous_format
+
+
+def _even_taps(x: torch.Tensor) -> torch.Tensor:
+    """x[:, :, ::2, ::2], copied into x's memory format (the slice alone would lose it)."""
+    return x[:, :, ::2, ::2].contiguous(memory_format=_format_of(x))
+
+
+def _depthwise_grads(mode, g, x_in, w, stride, padding, dilation, need_x: bool, need_w: bool):
+    """(d/dx_in, d/dw) of a depthwise conv of `x_in` (None where not needed); "same" and
+    "even" geometries take the input gradient as the flipped-kernel forward conv (the adjoint
+    of a stride-1 'same' correlation)."""
+    C = w.shape[0]
+    gx = gw = None
+    fast_x = need_x and mode != "plain"
+    if fast_x:
+        gx = F.conv2d(g, w.flip(-1, -2), None, 1, padding, dilation, groups=C)
+    if need_w or (need_x and not fast_x):
+        mask = (need_x and not fast_x, need_w, False)
+        gx_slow, gw, _ = torch.ops.aten.convolution_backward(
+            g, x_in, w, None, stride, padding, dilation, False, (0, 0), C, mask
+        )
+        gx = gx if fast_x else gx_slow
+    return gx, gw
 
 
 class _DepthwiseSame(torch.autograd.Function):
@@ -68,26 +106,85 @@ class _DepthwiseSame(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         x, w = ctx.saved_tensors
-        gx = gw = None
-        if ctx.needs_input_grad[0]:
-            # The adjoint of a stride-1 'same' correlation is the correlation with the flipped
-            # kernel and the same padding.
-            gx = F.conv2d(g, w.flip(-1, -2), None, 1, ctx.padding, ctx.dilation, groups=w.shape[0])
-        if ctx.needs_input_grad[1]:
-            gw = torch.ops.aten.convolution_backward(
+        need_x, need_w = ctx.needs_input_grad[:2]
+        gx, gw = _depthwise_grads(
+            "same", g, x, w, (1, 1), ctx.padding, ctx.dilation, need_x, need_w
+        )
+        return gx, gw, None, None
+
+
+def depthwise_pointwise(dw: DepthwiseConv2d, pw: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """pw(dw(x)), where training on CPU does not keep dw(x) for the backward.
+
+    The intermediate is recomputed in the backward, and only when the pointwise weight's
+    gradient needs it; the gradients are those of the two convs run one after the other (the
+    same kernels on the same numbers). Every sep_conv/dil_conv of a search cell has two or one
+    such pairs, so this drops a third of a DARTS supernet's saved activations.
+    """
+    if not (x.device.type == "cpu" and torch.is_grad_enabled()):
+        return pw(dw(x))
+    mode, stride, padding, dilation = dw.geometry()
+    return _DepthwisePointwise.apply(x, dw.weight, pw.weight, mode, stride, padding, dilation)
+
+
+class _DepthwisePointwise(torch.autograd.Function):
+    """A depthwise conv then a 1x1 conv; the middle tensor is recomputed, not saved."""
+
+    @staticmethod
+    def _depthwise(x, w, mode, stride, padding, dilation):
+        x_in = _even_taps(x) if mode == "even" else x
+        return x_in, F.conv2d(x_in, w, None, stride, padding, dilation, groups=w.shape[0])
+
+    @staticmethod
+    def forward(ctx, x, w_dw, w_pw, mode, stride, padding, dilation):
+        ctx.save_for_backward(x, w_dw, w_pw)
+        ctx.geometry = (mode, stride, padding, dilation)
+        _, mid = _DepthwisePointwise._depthwise(x, w_dw, *ctx.geometry)
+        return F.conv2d(mid, w_pw)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w_dw, w_pw = ctx.saved_tensors
+        need_x, need_dw, need_pw = ctx.needs_input_grad[:3]
+        mode, stride, padding, dilation = ctx.geometry
+        x_in, mid = x, None
+        if need_pw:  # the 1x1 weight gradient is the only one that reads the middle tensor
+            x_in, mid = _DepthwisePointwise._depthwise(x, w_dw, *ctx.geometry)
+        elif mode == "even" and need_dw:
+            x_in = _even_taps(x)
+        g_mid = g_pw = None
+        if need_x or need_dw or need_pw:
+            # Without the weight gradient, convolution_backward reads only the shape and memory
+            # format of `mid`: an unwritten tensor serves.
+            mid_or_shape = mid
+            if mid is None:
+                shape = (g.shape[0], w_pw.shape[1], *g.shape[2:])
+                mid_or_shape = torch.empty(
+                    shape, dtype=g.dtype, device=g.device, memory_format=_format_of(g)
+                )
+            g_mid, g_pw, _ = torch.ops.aten.convolution_backward(
                 g,
-                x,
-                w,
+                mid_or_shape,
+                w_pw,
                 None,
                 (1, 1),
-                ctx.padding,
-                ctx.dilation,
+                (0, 0),
+                (1, 1),
                 False,
                 (0, 0),
-                w.shape[0],
-                (False, True, False),
-            )[1]
-        return gx, gw, None, None
+                1,
+                (need_x or need_dw, need_pw, False),
+            )
+        gx = g_dw = None
+        if need_x or need_dw:
+            gx, g_dw = _depthwise_grads(
+                mode, g_mid, x_in, w_dw, stride, padding, dilation, need_x, need_dw
+            )
+        if gx is not None and mode == "even":
+            full = torch.zeros_like(x)
+            full[:, :, ::2, ::2] = gx
+            gx = full
+        return gx, g_dw, g_pw, None, None, None, None
 
 
 class DilConv(nn.Sequential):

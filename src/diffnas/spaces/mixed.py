@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from diffnas.ops import make_op
-from diffnas.ops.cnn import Pool
+from diffnas.ops.cnn import DepthwiseConv2d, Pool, depthwise_pointwise
 
 
 class StateCache:
@@ -38,6 +40,34 @@ def _leaves(module: nn.Module) -> list[nn.Module]:
     if isinstance(module, nn.Sequential):
         return [leaf for m in module for leaf in _leaves(m)]
     return [module]
+
+
+def _is_pointwise(m: nn.Module) -> bool:
+    return (
+        type(m) is nn.Conv2d
+        and m.kernel_size == (1, 1)
+        and m.stride == (1, 1)
+        and m.groups == 1
+        and m.bias is None
+    )
+
+
+def fuse_pairs(body: list[nn.Module]) -> list:
+    """The modules of an op body, each depthwise conv followed by a pointwise one as a single
+    `depthwise_pointwise` step (which keeps less for the backward)."""
+    steps, i = [], 0
+    while i < len(body):
+        if (
+            isinstance(body[i], DepthwiseConv2d)
+            and i + 1 < len(body)
+            and _is_pointwise(body[i + 1])
+        ):
+            steps.append(functools.partial(depthwise_pointwise, body[i], body[i + 1]))
+            i += 2
+        else:
+            steps.append(body[i])
+            i += 1
+    return steps
 
 
 def weighted_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -73,7 +103,9 @@ class MixedOp(nn.Module):
     `none` and zero-weight ops are never run: they cost nothing and receive no gradient
     (their contribution and its derivative w.r.t. the input are zero). The fast path computes
     the same function as `reference_forward` with less work: the leading ReLU and pooling are
-    shared through a `StateCache`, and w_o is folded into each op's final non-affine BN.
+    shared through a `StateCache`, w_o is folded into each op's final non-affine BN, and each
+    depthwise-then-pointwise conv pair recomputes its middle tensor in the backward instead of
+    keeping it (`depthwise_pointwise`).
     """
 
     def __init__(self, C_in, C_out, stride, op_names, pool_bn=False):
@@ -102,7 +134,7 @@ class MixedOp(nn.Module):
         bn = None
         if leaves and isinstance(leaves[-1], nn.BatchNorm2d) and not leaves[-1].affine:
             bn, leaves = leaves[-1], leaves[:-1]
-        return start, leaves, bn
+        return start, fuse_pairs(leaves), bn
 
     def forward(
         self, x: torch.Tensor, w: torch.Tensor, active: list[bool], cache: StateCache | None = None
