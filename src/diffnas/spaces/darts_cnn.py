@@ -67,7 +67,7 @@ class SearchCell(nn.Module):
             for h, cache in zip(states, caches, strict=True):
                 terms.append(self.ops[e](h, weights[e], active[e], cache))
                 e += 1
-            states.append(node_bn(sum_or_zeros(terms, s1, shape)))
+            states.append(node_bn(sum_or_zeros(terms, s1, shape, fresh=True)))
             caches.append(StateCache(states[-1]))
         return torch.cat(states[-self.multiplier :], dim=1)
 

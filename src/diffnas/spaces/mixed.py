@@ -153,8 +153,14 @@ class MixedOp(nn.Module):
                 y = x
             for m in body:
                 y = m(y)
-            y = weighted_batch_norm(bn, y, w[i]) if bn is not None else y * w[i]
-            out = y if out is None else out + y
+            # Terms are summed in place into the first one, a tensor made here (BN and
+            # multiplication outputs are not saved for the backward): no fresh allocation per
+            # term, and w * y joins the sum in one pass (addcmul).
+            if bn is not None:
+                y = weighted_batch_norm(bn, y, w[i])
+                out = y if out is None else out.add_(y)
+            else:
+                out = y * w[i] if out is None else out.addcmul_(y, w[i])
         return out
 
     def reference_forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -167,12 +173,19 @@ def active_mask(weights: torch.Tensor) -> list[list[bool]]:
     return (weights != 0).tolist()
 
 
-def sum_or_zeros(terms: list[torch.Tensor | None], like: torch.Tensor, shape) -> torch.Tensor:
-    """Sum the non-None terms; zeros of `shape` when every incoming edge is cut."""
+def sum_or_zeros(
+    terms: list[torch.Tensor | None], like: torch.Tensor, shape, fresh: bool = False
+) -> torch.Tensor:
+    """Sum the non-None terms; zeros of `shape` when every incoming edge is cut. `fresh`: the
+    terms are tensors nothing else holds (MixedOp outputs), so they are summed in place into
+    the first."""
     out = None
     for t in terms:
         if t is not None:
-            out = t if out is None else out + t
+            if out is None:
+                out = t
+            else:
+                out = out.add_(t) if fresh else out + t
     if out is None:
         out = like.new_zeros(shape)
     return out

@@ -52,7 +52,7 @@ class SearchCell(nn.Module):
                 for k, (i, to) in enumerate(EDGES)
                 if to == j
             ]
-            nodes.append(self.node_bns[j - 1](sum_or_zeros(terms, x, x.shape)))
+            nodes.append(self.node_bns[j - 1](sum_or_zeros(terms, x, x.shape, fresh=True)))
             caches.append(StateCache(nodes[-1]))
         return nodes[-1]
 
