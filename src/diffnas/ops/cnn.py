@@ -26,6 +26,14 @@ class ReLUConvBN(nn.Sequential):
         )
 
 
+def _cpu_training(x: torch.Tensor) -> bool:
+    """A CPU pass that records gradients, in float32/float64 (no autocast): where the custom
+    depthwise shortcuts apply."""
+    return (
+        x.device.type == "cpu" and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+    )
+
+
 class DepthwiseConv2d(nn.Conv2d):
     """A bias-free depthwise conv with two exact CPU training shortcuts.
 
@@ -49,7 +57,7 @@ class DepthwiseConv2d(nn.Conv2d):
 
     def shortcut(self, x: torch.Tensor) -> bool:
         """Does training on `x` take a shortcut? (Inference and export take the plain conv.)"""
-        return self.mode != "plain" and x.device.type == "cpu" and torch.is_grad_enabled()
+        return self.mode != "plain" and _cpu_training(x)
 
     def geometry(self) -> tuple[str, tuple, tuple, tuple]:
         """(mode, stride, padding, dilation) of the conv the shortcut computes."""
@@ -121,7 +129,7 @@ def depthwise_pointwise(dw: DepthwiseConv2d, pw: nn.Conv2d, x: torch.Tensor) -> 
     same kernels on the same numbers). Every sep_conv/dil_conv of a search cell has two or one
     such pairs, so this drops a third of a DARTS supernet's saved activations.
     """
-    if not (x.device.type == "cpu" and torch.is_grad_enabled()):
+    if not _cpu_training(x):
         return pw(dw(x))
     mode, stride, padding, dilation = dw.geometry()
     return _DepthwisePointwise.apply(x, dw.weight, pw.weight, mode, stride, padding, dilation)

@@ -149,6 +149,16 @@ class RunConfig:
         "(to float rounding). false: each process uses its own shard's statistics (as "
         "DistributedDataParallel does), with fewer all-reduces. No effect in a single process.",
     )
+    autocast: str = setting(
+        "off",
+        "Mixed precision for image search and final training: `bf16` runs the forward passes "
+        "and the loss under `torch.autocast` in bfloat16 (convolutions and matmuls in bf16, "
+        "reductions in float32; weights, alphas, gradients and optimiser states stay float32; "
+        "bf16 needs no loss scaling). For GPUs with bf16 tensor cores; CPUs run it slowly, "
+        "without the CPU convolution shortcuts, and only with `run.channels_last = false`. "
+        "Needs `run.dtype = float32`. Language-model and forecasting runs ignore it.",
+        choices=("off", "bf16"),
+    )
     dtype: str = setting(
         "float32",
         "Floating-point type of the supernet, the architecture parameters and the batches. "

@@ -12,7 +12,7 @@ import torch
 from diffnas.arch import ACTIVATIONS, ArchParameters
 from diffnas.data import Augment, EpochBatches, cycle_batches, load_images, split_indices
 from diffnas.registry import Registry
-from diffnas.runs import distributed, tensorboard
+from diffnas.runs import distributed, precision, tensorboard
 from diffnas.runs.config import ConfigError
 from diffnas.runs.progress import Progress
 from diffnas.runs.rng import capture_rng, restore_rng, seed_everything
@@ -119,7 +119,8 @@ def image_search_data(cfg, device: torch.device) -> SearchData:
     train = EpochBatches(ds, train_idx, bs, aug, train=True, device=device)
     val = EpochBatches(ds, val_idx, bs, aug, train=True, device=device)
     val_eval = EpochBatches(ds, val_idx, cfg.data.eval_batch_size, None, train=False, device=device)
-    return SearchData(train, val, val_eval, ds.in_channels, ds.num_classes)
+    objective = OBJECTIVES.get("image")(cfg)  # carries run.autocast
+    return SearchData(train, val, val_eval, ds.in_channels, ds.num_classes, objective=objective)
 
 
 @SEARCH_TASKS.register("lm")
@@ -200,6 +201,7 @@ def build_search(cfg) -> SearchSetup:
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     device = distributed.init_from_env(resolve_device(cfg.run.device))
+    precision.check_autocast(cfg.run, device)
     # Every rank seeds alike, so each builds the same model, alphas and global batches.
     seed_everything(cfg.run.seed)
     data = SEARCH_TASKS.get(search_task(cfg))(cfg, device)
@@ -222,7 +224,7 @@ def build_search(cfg) -> SearchSetup:
     # Identical already by seeding; rank 0's copy makes it certain (other torch builds, GPUs).
     distributed.broadcast_module(model)
     distributed.broadcast_module(arch)
-    # The image objective is every strategy's default; other tasks hand theirs over.
+    # Every task hands its objective over (a strategy built without one takes the image one).
     extra = {} if data.objective is None else {"objective": data.objective}
     strategy = STRATEGIES.get(cfg.search.strategy)(
         model, arch, cfg.search, steps_per_epoch=len(data.train), **extra

@@ -35,7 +35,7 @@ from torch import nn
 
 from diffnas.data.forecast_metrics import forecast_loss, protocol_scores
 from diffnas.registry import Registry
-from diffnas.runs import distributed
+from diffnas.runs import distributed, precision
 from diffnas.spaces.forecaster import predict_batches
 from diffnas.spaces.recurrent import detach_hidden
 
@@ -107,14 +107,15 @@ class ImageObjective(Objective):
 
     headline = "acc"
 
-    def __init__(self, loss_fn: Callable = F.cross_entropy):
-        self.loss_fn = loss_fn
+    def __init__(self, loss_fn: Callable = F.cross_entropy, autocast: str = "off"):
+        self.loss_fn, self.autocast = loss_fn, autocast
 
     def loss(self, forward, weights, batch, role="train", advance=False, train_step=False):
-        """(loss, logits)."""
+        """(loss, logits); the forward and the loss under `run.autocast`."""
         x, y = batch
-        logits = forward(x, weights)
-        return self.loss_fn(logits, y), logits
+        with precision.autocast(x.device, self.autocast):
+            logits = forward(x, weights)
+            return self.loss_fn(logits, y), logits
 
     def step_metrics(self, loss, out, batch) -> dict[str, float]:
         """train_loss and train_acc."""
@@ -128,19 +129,19 @@ class ImageObjective(Objective):
         for x, y in batches:
             if len(y) == 0:  # a rank's share of a last batch smaller than the world
                 continue
-            logits = model(x, weights)
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            with precision.autocast(x.device, self.autocast):
+                logits = model(x, weights)
+                loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
             correct += (logits.argmax(-1) == y).sum().item()
             n += len(y)
         model.train()
-        if distributed.is_distributed():
-            device = next(model.parameters()).device
-            t = torch.tensor([n, loss_sum, correct], dtype=torch.float64, device=device)
-            n, loss_sum, correct = distributed.all_reduce_sum([t])[0].tolist()
+        n, loss_sum, correct = distributed.sum_floats([n, loss_sum, correct])
         return {"valid_loss": loss_sum / max(n, 1), "valid_acc": 100.0 * correct / max(n, 1)}
 
 
-OBJECTIVES.add("image", lambda cfg=None: ImageObjective())
+OBJECTIVES.add(
+    "image", lambda cfg=None: ImageObjective(autocast=cfg.run.autocast if cfg else "off")
+)
 
 
 class LMObjective(Objective):

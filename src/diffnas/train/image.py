@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffnas.data import Augment, EpochBatches, load_images
-from diffnas.runs import distributed, tensorboard
+from diffnas.runs import distributed, precision, tensorboard
 from diffnas.runs.progress import Progress
 from diffnas.runs.rng import capture_rng, seed_everything
 from diffnas.runs.rundir import resume_trainer
@@ -38,8 +38,8 @@ RESULT_FILE = "result.json"
 class ImageTrainer:
     """The network, its optimiser and one epoch of training or evaluation."""
 
-    def __init__(self, model: nn.Module, cfg):
-        self.model, self.cfg = model, cfg
+    def __init__(self, model: nn.Module, cfg, autocast: str = "off"):
+        self.model, self.cfg, self.autocast = model, cfg, autocast
         self.optimizer = torch.optim.SGD(
             model.parameters(),
             lr=cfg.lr,
@@ -64,9 +64,10 @@ class ImageTrainer:
     def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
         """One SGD step; the auxiliary head's loss joins with its weight. Returns (loss, acc)."""
         self.model.train()
-        logits, aux = self.model(x, with_aux=True)
-        loss = self.loss(logits, y)
-        total = loss if aux is None else loss + self.cfg.auxiliary_weight * self.loss(aux, y)
+        with precision.autocast(x.device, self.autocast):
+            logits, aux = self.model(x, with_aux=True)
+            loss = self.loss(logits, y)
+            total = loss if aux is None else loss + self.cfg.auxiliary_weight * self.loss(aux, y)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         if distributed.is_distributed():
@@ -86,8 +87,11 @@ class ImageTrainer:
         n, loss_sum, correct = 0, 0.0, 0
         for batch in batches:
             x, y = distributed.split_rows(batch)
-            logits = self.model(x)
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            if len(y) == 0:  # a rank's share of a last batch smaller than the world
+                continue
+            with precision.autocast(x.device, self.autocast):
+                logits = self.model(x)
+                loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
             correct += (logits.argmax(-1) == y).sum().item()
             n += len(y)
         self.model.train()
@@ -127,6 +131,7 @@ def train_image(
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     device = distributed.init_from_env(resolve_device(cfg.run.device))
+    precision.check_autocast(cfg.run, device)
     main = distributed.is_main()
     dtype = getattr(torch, cfg.run.dtype)
     genotype = load_genotype(cfg.train.genotype)
@@ -161,7 +166,7 @@ def train_image(
     if distributed.is_distributed() and cfg.run.sync_bn:
         model = distributed.convert_sync_batchnorm(model)
     distributed.broadcast_module(model)  # identical by seeding; rank 0's makes it certain
-    trainer = ImageTrainer(model, cfg.train)
+    trainer = ImageTrainer(model, cfg.train, cfg.run.autocast)
     shape = (train_ds.in_channels, train_ds.image_size, train_ds.image_size)
     sizes = {
         "params": count_params(model),
