@@ -123,6 +123,17 @@ def all_reduce_mean(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return out
 
 
+def average_gradients(params) -> None:
+    """Replace each parameter's gradient by its mean over the ranks (no-op in one process).
+    Parameters without a gradient (ops at weight 0 never ran: the same ones on every rank) are
+    left alone."""
+    if not is_distributed():
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    for g, mean in zip(grads, all_reduce_mean(grads), strict=True):
+        g.copy_(mean)
+
+
 def all_reduce_sum(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Sum each tensor over the ranks, in place; returns them."""
     tensors = list(tensors)

@@ -112,11 +112,7 @@ class DartsSearch:
         )
         self.w_optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.distributed:
-            # Ops with weight 0 never run and have no grad, the same ones on every rank.
-            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-            for g, mean in zip(grads, distributed.all_reduce_mean(grads), strict=True):
-                g.copy_(mean)
+        distributed.average_gradients(self.model.parameters())
         if self.schedule.needs_fisher:
             # The trace of the empirical Fisher: the squared norm of the (global) weight
             # gradient, before clipping.

@@ -70,10 +70,7 @@ class ImageTrainer:
             total = loss if aux is None else loss + self.cfg.auxiliary_weight * self.loss(aux, y)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
-        if distributed.is_distributed():
-            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-            for g, mean in zip(grads, distributed.all_reduce_mean(grads), strict=True):
-                g.copy_(mean)
+        distributed.average_gradients(self.model.parameters())
         if self.cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
