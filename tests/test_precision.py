@@ -37,7 +37,7 @@ def _search(space: list[str], autocast: str):
 
 def _alpha_grads(s, batch) -> torch.Tensor:
     st = s.strategy
-    loss, logits = s.objective.loss(st.model, st.arch.weights(), batch)
+    loss, logits = st.objective.loss(st.model, st.arch.weights(), batch)
     grads = torch.autograd.grad(loss, list(st.arch.parameters()))
     return torch.cat([g.flatten() for g in grads]), logits
 

@@ -92,6 +92,9 @@ def test_sample_rank_keeps_the_best_of_the_top_k_and_resumes_exactly(tmp_path, m
     result = json.loads((ref.path / "result.json").read_text())
     assert result["genotype"] == str(g) == best["genotype"]
     assert result["valid_acc"] == best["acc"]
+    # An image supernet is scored as images are (random val batches, select.bn), not through
+    # the objective path of the language models (their first segments, eval-mode BN).
+    assert result["bn"] == cfg.select.bn == "train"
     assert json.loads((ref.path / "genotype.json").read_text())["arch"] == str(g)
 
     monkeypatch.setattr(sample_rank_module, "CHUNK", 5)

@@ -119,8 +119,7 @@ def image_search_data(cfg, device: torch.device) -> SearchData:
     train = EpochBatches(ds, train_idx, bs, aug, train=True, device=device)
     val = EpochBatches(ds, val_idx, bs, aug, train=True, device=device)
     val_eval = EpochBatches(ds, val_idx, cfg.data.eval_batch_size, None, train=False, device=device)
-    objective = OBJECTIVES.get("image")(cfg)  # carries run.autocast
-    return SearchData(train, val, val_eval, ds.in_channels, ds.num_classes, objective=objective)
+    return SearchData(train, val, val_eval, ds.in_channels, ds.num_classes)
 
 
 @SEARCH_TASKS.register("lm")
@@ -224,10 +223,11 @@ def build_search(cfg) -> SearchSetup:
     # Identical already by seeding; rank 0's copy makes it certain (other torch builds, GPUs).
     distributed.broadcast_module(model)
     distributed.broadcast_module(arch)
-    # Every task hands its objective over (a strategy built without one takes the image one).
-    extra = {} if data.objective is None else {"objective": data.objective}
+    # Image tasks leave the objective to the search (None in the setup, which selection reads
+    # as "image"); it is built here so that it carries run.autocast.
+    objective = data.objective if data.objective is not None else OBJECTIVES.get("image")(cfg)
     strategy = STRATEGIES.get(cfg.search.strategy)(
-        model, arch, cfg.search, steps_per_epoch=len(data.train), **extra
+        model, arch, cfg.search, steps_per_epoch=len(data.train), objective=objective
     )
     if cfg.search.grower != "none" and not hasattr(strategy, "grower"):
         raise ConfigError(f"search.grower = {cfg.search.grower!r} needs search.strategy = 'darts'")
