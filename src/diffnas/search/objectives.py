@@ -121,22 +121,29 @@ class ImageObjective(Objective):
         """train_loss and train_acc."""
         return {"train_loss": loss.item(), "train_acc": accuracy(out, batch[1])}
 
-    @torch.no_grad()
     def evaluate(self, model, weights, batches) -> dict[str, float]:
         """Loss and accuracy over `batches` (this rank's rows), summed over the ranks."""
         model.eval()
-        n, loss_sum, correct = 0, 0.0, 0
-        for x, y in batches:
-            if len(y) == 0:  # a rank's share of a last batch smaller than the world
-                continue
-            with precision.autocast(x.device, self.autocast):
-                logits = model(x, weights)
-                loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-            correct += (logits.argmax(-1) == y).sum().item()
-            n += len(y)
+        loss, acc = classification_scores(lambda x: model(x, weights), batches, self.autocast)
         model.train()
-        n, loss_sum, correct = distributed.sum_floats([n, loss_sum, correct])
-        return {"valid_loss": loss_sum / max(n, 1), "valid_acc": 100.0 * correct / max(n, 1)}
+        return {"valid_loss": loss, "valid_acc": acc}
+
+
+@torch.no_grad()
+def classification_scores(forward, batches, autocast: str = "off") -> tuple[float, float]:
+    """(mean cross-entropy, accuracy in %) of `forward(x)` over `batches` (this rank's rows),
+    summed over the ranks; the forward and the loss under `autocast` (`run.autocast`)."""
+    n, loss_sum, correct = 0, 0.0, 0
+    for x, y in batches:
+        if len(y) == 0:  # a rank's share of a last batch smaller than the world
+            continue
+        with precision.autocast(x.device, autocast):
+            logits = forward(x)
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(-1) == y).sum().item()
+        n += len(y)
+    n, loss_sum, correct = distributed.sum_floats([n, loss_sum, correct])
+    return loss_sum / max(n, 1), 100.0 * correct / max(n, 1)
 
 
 OBJECTIVES.add(

@@ -29,6 +29,7 @@ from diffnas.runs.rng import capture_rng, seed_everything
 from diffnas.runs.rundir import resume_trainer
 from diffnas.search.darts import accuracy, cosine_lr
 from diffnas.search.loop import epoch_seed, resolve_device
+from diffnas.search.objectives import classification_scores
 from diffnas.spaces.final import build_final_network, count_macs, count_params
 from diffnas.spaces.genotypes import genotype_to_json, load_genotype
 
@@ -76,24 +77,14 @@ class ImageTrainer:
         self.optimizer.step()
         return loss.item(), accuracy(logits, y)
 
-    @torch.no_grad()
     def evaluate(self, batches) -> dict[str, float]:
         """Test loss and accuracy in eval mode (no drop-path, no auxiliary head, BN statistics);
         under torchrun each rank scores its rows of every batch and the sums are all-reduced."""
         self.model.eval()
-        n, loss_sum, correct = 0, 0.0, 0
-        for batch in batches:
-            x, y = distributed.split_rows(batch)
-            if len(y) == 0:  # a rank's share of a last batch smaller than the world
-                continue
-            with precision.autocast(x.device, self.autocast):
-                logits = self.model(x)
-                loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-            correct += (logits.argmax(-1) == y).sum().item()
-            n += len(y)
+        rows = (distributed.split_rows(batch) for batch in batches)
+        loss, acc = classification_scores(self.model, rows, self.autocast)
         self.model.train()
-        n, loss_sum, correct = distributed.sum_floats([n, loss_sum, correct])
-        return {"test_loss": loss_sum / max(n, 1), "test_acc": 100.0 * correct / max(n, 1)}
+        return {"test_loss": loss, "test_acc": acc}
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly."""
