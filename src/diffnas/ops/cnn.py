@@ -79,9 +79,10 @@ def _format_of(x: torch.Tensor) -> torch.memory_format:
     return torch.channels_last if cl else torch.contiguous_format
 
 
-def _even_taps(x: torch.Tensor) -> torch.Tensor:
-    """x[:, :, ::2, ::2], copied into x's memory format (the slice alone would lose it)."""
-    return x[:, :, ::2, ::2].contiguous(memory_format=_format_of(x))
+def _even_taps(x: torch.Tensor, start: int = 0) -> torch.Tensor:
+    """x[:, :, start::2, start::2], copied into x's memory format (the slice alone would lose
+    it)."""
+    return x[:, :, start::2, start::2].contiguous(memory_format=_format_of(x))
 
 
 def _depthwise_grads(mode, g, x_in, w, stride, padding, dilation, need_x: bool, need_w: bool):
@@ -218,15 +219,23 @@ class SepConv(nn.Sequential):
 
 
 class FactorizedReduce(nn.Module):
-    """Halve the resolution with two offset 1x1 stride-2 convs, concatenated, then BatchNorm."""
+    """Halve the resolution with two offset 1x1 stride-2 convs, concatenated, then BatchNorm.
+
+    Each stride-2 1x1 conv runs as a stride-1 1x1 conv of the rows and columns it reads
+    (`x[:, :, ::2, ::2]` and `x[:, :, 1::2, 1::2]`): the same products and sums. The strided
+    form is avoided on purpose: on CPUs where oneDNN takes its AVX2 kernels, torch 2.13's
+    weight gradient of a channels_last stride-2 1x1 conv with 2-6 input channels and an even
+    input size writes past its buffer (heap corruption, then a segfault or a "double free";
+    `tests/test_cpu_kernels.py` runs the case with `ONEDNN_MAX_CPU_ISA=AVX2`).
+    """
 
     def __init__(self, C_in, C_out, affine=True):
         super().__init__()
         if C_out % 2:
             raise ValueError(f"FactorizedReduce needs an even C_out, got {C_out}")
         self.relu = nn.ReLU(inplace=False)
-        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
-        self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
+        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, bias=False)
+        self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, bias=False)
         self.bn = nn.BatchNorm2d(C_out, affine=affine)
 
     def forward(self, x):
@@ -235,7 +244,9 @@ class FactorizedReduce(nn.Module):
         # untouched, which keeps the original DARTS arithmetic.
         if x.shape[-1] % 2 or x.shape[-2] % 2:
             x = F.pad(x, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2))
-        return self.bn(torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1))
+        return self.bn(
+            torch.cat([self.conv_1(_even_taps(x)), self.conv_2(_even_taps(x, 1))], dim=1)
+        )
 
 
 class Identity(nn.Module):
