@@ -413,6 +413,20 @@ def test_collapse_warning_appears_only_when_the_diagnostics_flag_it(darts_dirs, 
     assert "diagnostics.png" in {Path(s).name for s in page.imgs}  # still plotted
 
 
+def test_final_cell_warning_for_a_disconnected_or_undecided_cell(tmp_path, darts_dirs):
+    run = tmp_path / "run"
+    shutil.copytree(darts_dirs["healthy"], run)
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert "final-cell-warning" not in parse_page(write_report(run, tmp_path / "a")).ids
+    records[-1].update(disconnected=["normal"], entropy_ratio={"normal": 0.5, "reduce": 0.9995})
+    _jsonl(run / "metrics.jsonl", records)
+    page = check_report(write_report(run, tmp_path / "b"))
+    assert "final-cell-warning" in page.ids
+    text = (tmp_path / "b" / "index.html").read_text()
+    assert "the derived normal cell has no path" in text
+    assert "reduce cell at 99.950%" in text and "normal cell at" not in text  # default 0.99
+
+
 def test_training_and_selection_directories(tmp_path, darts_dirs):
     train = write_training(tmp_path / "train")
     index = write_report(train, tmp_path / "out")

@@ -130,7 +130,11 @@ class RunConfig:
     log_every: int = setting(
         50, "Training steps between progress lines and step records in `metrics.jsonl`.", min=1
     )
-    progress: bool = setting(True, "Show a progress bar with loss, accuracy and speed.")
+    progress: bool = setting(
+        True,
+        "Show a progress bar with loss, accuracy and speed (on a terminal only; a log file or "
+        "pipe gets the per-epoch lines alone).",
+    )
     tensorboard: bool = setting(
         True,
         "Also log every epoch record (and a search's edge weights as histograms) to TensorBoard "
@@ -343,6 +347,14 @@ class SearchConfig:
         0.5,
         "Warn in the log when parameter-free ops (skip, pooling, none, noise) fill more than this "
         "share of a derived cell's ops (the collapse DARTS is known for); 1 never warns.",
+        min=0,
+        max=1,
+    )
+    uniform_warn: float = setting(
+        0.99,
+        "Warn in the log when a cell type's edge weights are still near uniform: their mean "
+        "entropy above this share of the uniform entropy (the derived cell then rests on tiny "
+        "differences); 1 never warns.",
         min=0,
         max=1,
     )

@@ -17,7 +17,7 @@ from diffnas.runs.config import ConfigError
 from diffnas.runs.progress import Progress
 from diffnas.runs.rng import capture_rng, restore_rng, seed_everything
 from diffnas.search import STRATEGIES
-from diffnas.search.diagnostics import collapse_diagnostics, collapse_warning
+from diffnas.search.diagnostics import collapse_diagnostics, collapse_warning, search_warnings
 from diffnas.search.objectives import OBJECTIVES, Objective
 from diffnas.spaces import build_supernet, space_task, space_tasks
 from diffnas.spaces.genotypes import genotype_to_json
@@ -333,8 +333,8 @@ def run_search(
         with torch.no_grad():
             weights = {k: w.cpu() for k, w in strategy.arch.weights().items()}
         record.update(collapse_diagnostics(genotype, weights))
-        warning = collapse_warning(record, cfg.search.collapse_warn)
-        record["collapse_warning"] = warning is not None
+        record["collapse_warning"] = collapse_warning(record, cfg.search.collapse_warn) is not None
+        warnings = search_warnings(record, cfg.search.collapse_warn, cfg.search.uniform_warn)
         for hook in hooks:
             record.update(hook(genotype))
         record["epoch_time_s"] = time.perf_counter() - t0
@@ -351,7 +351,7 @@ def run_search(
             }
         )
         log(_summary(record, s.headline))
-        if warning:
+        for warning in warnings:
             log(warning)
     genotype = strategy.genotype()
     if main and end_epoch == epochs:

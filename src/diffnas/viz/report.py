@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from diffnas import __version__
+from diffnas.runs.config import SearchConfig
+from diffnas.search.diagnostics import cell_label
 from diffnas.viz import cells, figures
 from diffnas.viz.rundata import ReportError, RunData, read_run
 from diffnas.viz.spaceinfo import darts_state
@@ -207,6 +209,33 @@ def headline(run: RunData) -> str:
     return f'<div class="cards">{"".join(cards)}</div>'
 
 
+def final_cell_box(run: RunData) -> str:
+    """A red warning box when the last epoch's derived cell has no path from input to output,
+    or its edge weights are still near uniform (`search.uniform_warn`)."""
+    last = run.epochs[-1]
+    parts = [
+        f"the derived {cell_label(k)} has no path of non-<code>none</code> ops from its input "
+        "to its output (it computes a constant)"
+        for k in last.get("disconnected") or []
+    ]
+    threshold = run.section("search").get("uniform_warn", SearchConfig().uniform_warn)
+    ratios = last.get("entropy_ratio") or {}
+    flat = {k: r for k, r in ratios.items() if r > threshold}
+    if flat:
+        shares = ", ".join(f"{cell_label(k)} at {r:.3%}" for k, r in flat.items())
+        parts.append(
+            f"the edge weights are still near uniform (mean edge entropy of the {_e(shares)} "
+            f"of the uniform maximum, above search.uniform_warn = {threshold}): the cell rests "
+            "on tiny differences"
+        )
+    if not parts:
+        return ""
+    return (
+        '<div class="warning" id="final-cell-warning"><strong>Derived cell warning:</strong> '
+        f"{'; '.join(parts)}.</div>"
+    )
+
+
 def collapse_box(run: RunData) -> str:
     """A red warning box when the final derived cell is flagged as collapsing (parameter-free
     ops beyond `search.collapse_warn`); a note when only earlier epochs were."""
@@ -372,7 +401,7 @@ def _run_figures(run: RunData, out: Path, prefix: str) -> dict[str, str]:
             _img(
                 figures.alpha_heatmaps(run, cell, out / f"{prefix}alphas_{cell}.png"),
                 out,
-                f"{cell} cell edge weights per epoch",
+                f"{cell_label(cell)} edge weights per epoch",
             )
         )
     f["alphas"] = "".join(alphas)
@@ -462,7 +491,7 @@ def render(run: RunData, out: Path) -> str:
     notes = "".join(f'<div class="note">{_e(n)}</div>' for n in run.notes)
     for sel in run.selections:
         notes += "".join(f'<div class="note">{_e(sel.name)}: {_e(n)}</div>' for n in sel.notes)
-    top_warning = collapse_box(run) if run.epochs else ""
+    top_warning = collapse_box(run) + final_cell_box(run) if run.epochs else ""
     selected = "".join(
         table_card(sel.genotype, f"selected ({sel.name.removeprefix('select-')})")
         or _card(
