@@ -195,3 +195,17 @@ def test_config_md_is_up_to_date():
         "docs/CONFIG.md is out of date with the config schema; regenerate it with "
         "`python -m diffnas.runs.config > docs/CONFIG.md`"
     )
+
+
+def test_registry_suggests_the_name_meant():
+    from diffnas.registry import Registry
+
+    r = Registry("thing")
+    for name in ("DARTS_V2", "darts_cnn", "nb201"):
+        r.add(name, object())
+    assert r.lookup("darts_v2") == "DARTS_V2" and r.lookup("nope") is None
+    with pytest.raises(KeyError, match="did you mean 'nb201'"):
+        r.get("nb210")
+    with pytest.raises(KeyError, match="did you mean 'DARTS_V2'"):
+        r.get("darts_V2")
+    assert "did you mean" not in r.unknown("zzzzzz")

@@ -129,6 +129,28 @@ def test_load_genotype_from_paths_and_text(tmp_path):
         load_genotype(str(tmp_path / "missing"))
 
 
+def test_published_names_ignore_case_and_near_misses_get_a_suggestion(tmp_path):
+    assert load_genotype("darts_v2") == load_genotype("DARTS_V2") == DARTS_V2
+    with pytest.raises(GenotypeError, match="Did you mean DARTS_V2"):
+        load_genotype("DARTS_V3x")
+
+
+def test_genotype_files_that_are_broken_name_the_file(tmp_path):
+    cut = tmp_path / "genotype.json"
+    cut.write_text(json.dumps(genotype_to_json(DARTS_V2))[:40])
+    with pytest.raises(GenotypeError, match=f"{cut} is not valid genotype JSON"):
+        load_genotype(str(cut))
+    binary = tmp_path / "g.bin"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(GenotypeError, match="not UTF-8"):
+        load_genotype(str(binary))
+    unfinished = tmp_path / "run"
+    unfinished.mkdir()
+    (unfinished / "config.toml").write_text("")
+    with pytest.raises(GenotypeError, match="has no genotype.json yet"):
+        load_genotype(str(unfinished))
+
+
 # ----------------------------------------------------------------------------- errors
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from importlib import resources
@@ -95,6 +96,7 @@ def cmd_search(args) -> int:
         run = _create_run(cfg, dataset=_data_label(cfg, search_task(cfg)))
         if distributed.is_main():
             print(f"run directory: {run.path}" + ("" if args.config else " (quickstart config)"))
+    args.resume_hint = f"diffnas search --resume {shlex.quote(str(run.path))}"
     main = distributed.is_main()
     hooks = [h for h in [_nb201_hook()] if cfg.space.name == "nb201" and h] if main else []
     t0 = time.perf_counter()
@@ -191,6 +193,7 @@ def cmd_train(args) -> int:
         run = _create_run(cfg, kind=f"train-{kind}", dataset=_data_label(cfg, cfg.train.task))
         if distributed.is_main():
             print(f"run directory: {run.path}")
+    args.resume_hint = f"diffnas train --resume {shlex.quote(str(run.path))}"
     main, t0 = distributed.is_main(), time.perf_counter()
     try:
         result = TASKS.get(cfg.train.task)(cfg, run, resume=bool(args.resume))
@@ -254,8 +257,8 @@ def _print_source(name: str) -> None:
     """The source (and reported size) of a published genotype; nothing for other genotypes."""
     from diffnas.spaces.published import GENOTYPES
 
-    if name in GENOTYPES:
-        p = GENOTYPES.get(name)
+    if GENOTYPES.lookup(name):
+        p = GENOTYPES.get(GENOTYPES.lookup(name))
         reported = f"; reported: {p.params_m}M parameters" if p.params_m else ""
         print(f"source: {p.source}{reported}")
 
@@ -291,8 +294,11 @@ def cmd_export(args) -> int:
         cfg, genotype = _train_config(args)
         shape = _parse_shape(args.input)
         model = build_final_network(genotype, cfg.train, shape[0], args.classes)
-        name = args.source if args.source in GENOTYPES else "genotype"
-        out = args.out or Path("exports") / f"{name}{SUFFIX[args.format]}"
+        name = GENOTYPES.lookup(args.source) or "genotype"
+        default = Path("exports") / f"{name}{SUFFIX[args.format]}"
+        if Path(args.source).is_dir():  # a search or selection run directory
+            default = Path(args.source) / "export" / f"network{SUFFIX[args.format]}"
+        out = args.out or default
         what = "untrained weights (export a `diffnas train` run directory for trained ones)"
     path = export(model, genotype, shape, cfg, args.format, out)
     print(f"wrote {path}: {args.format}, {type(model).__name__}, {what}")
@@ -332,6 +338,10 @@ def cmd_select(args) -> int:
         args.run_dir, args.method, args.set or [], out=args.out, resume=bool(args.resume)
     )
     print(f"selection directory: {run.path}")
+    args.resume_hint = " ".join(
+        ["diffnas select", shlex.quote(args.run_dir), "--method", args.method, "--resume"]
+        + (["--out", shlex.quote(args.out)] if args.out else [])
+    )
     t0 = time.perf_counter()
     genotype = run_select(cfg, args.run_dir, run, resume=bool(args.resume))
     print(f"\nselection finished in {time.perf_counter() - t0:.0f}s; genotype: {genotype}")
@@ -416,8 +426,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="write a genotype's final network as a file")
     e.add_argument("source", help="a `diffnas train` run directory, or a genotype as for train")
-    e.add_argument("--format", choices=("state_dict", "torchscript", "onnx"), default="onnx")
-    e.add_argument("--out", help="output file (default RUN_DIR/export/network.<ext>)")
+    e.add_argument(
+        "--format",
+        choices=("state_dict", "torchscript", "onnx"),
+        default="onnx",
+        help="file format (default: onnx)",
+    )
+    e.add_argument(
+        "--out",
+        help="output file (default: RUN_DIR/export/network.<ext> for a run directory, "
+        "./exports/<NAME>.<ext> for a published genotype, ./exports/genotype.<ext> otherwise)",
+    )
     e.add_argument("--config", help="genotype sources: TOML config sizing the network")
     e.add_argument("--set", action="append", metavar="KEY=VALUE", help="e.g. train.C=16")
     e.add_argument("--input", default="3x32x32", help="genotype sources: input shape CxHxW")
@@ -489,12 +508,10 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        hint = {
-            "search": "diffnas search --resume RUN_DIR",
-            "train": "diffnas train --resume RUN_DIR",
-            "select": "the same diffnas select command with --resume",
-            "sweep": "the same diffnas sweep command",
-        }.get(args.command)
+        # Commands set `resume_hint` once their run directory exists.
+        hint = getattr(args, "resume_hint", None)
+        if hint is None and args.command == "sweep":
+            hint = "the same diffnas sweep command"
         print("\ninterrupted" + (f"; resume with `{hint}`" if hint else ""), file=sys.stderr)
         return 130
     except _user_errors() as e:

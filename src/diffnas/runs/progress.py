@@ -1,4 +1,7 @@
-"""A dependency-free progress bar for long loops: loss, accuracy and speed on one line."""
+"""A dependency-free progress bar for long loops: loss, accuracy and speed on one line.
+
+The bar redraws one terminal line; on a stream that is not a terminal (a log file, a pipe) it
+draws nothing, and the per-epoch lines the runs print are the whole progress record."""
 
 from __future__ import annotations
 
@@ -20,8 +23,8 @@ class Progress:
         min_interval: float = 0.5,
     ):
         self.iterable, self.total, self.desc, self.unit = iterable, total, desc, unit
-        self.enabled = enabled
         self.stream = stream or sys.stderr
+        self.enabled = enabled and _is_terminal(self.stream)
         self.min_interval = min_interval
         self.metrics: dict[str, float] = {}
         self.n, self.start, self._last = 0, time.perf_counter(), 0.0
@@ -54,3 +57,8 @@ class Progress:
             f"{shown} {rate:.2f}{self.unit}/s eta {eta:.0f}s\x1b[K"
         )
         self.stream.flush()
+
+
+def _is_terminal(stream) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())

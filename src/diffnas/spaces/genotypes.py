@@ -384,19 +384,31 @@ def load_genotype(text_or_path: str):
     from diffnas.spaces.published import GENOTYPES  # it imports this module
 
     text = text_or_path.strip()
-    if text in GENOTYPES:
-        return GENOTYPES.get(text).genotype
+    if GENOTYPES.lookup(text):  # published names ignore case: darts_v2 is DARTS_V2
+        return GENOTYPES.get(GENOTYPES.lookup(text)).genotype
+    source = "genotype text"
     if not text.startswith(("|", "{", "Genotype(", "RNNGenotype(", "PairRNNGenotype(")):
         p = Path(text)
         if p.is_dir():
+            if not (p / "genotype.json").is_file():
+                raise GenotypeError(
+                    f"run directory {text} has no genotype.json yet: the run did not finish "
+                    "(resume it to the end), or pass a genotype.json, a published name or text"
+                )
             p = p / "genotype.json"
         if not p.is_file():
+            close = GENOTYPES.suggest(text)
+            hint = f" Did you mean {' or '.join(close)}?" if close else ""
             raise GenotypeError(
                 f"{text!r} is not a published genotype ({', '.join(GENOTYPES.names())}), an "
                 f"NB201 string, Genotype(...) text, JSON, nor an existing genotype.json or run "
-                f"directory"
+                f"directory.{hint}"
             )
-        text = p.read_text()
+        source = str(p)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise GenotypeError(f"{p} is not a text file (not UTF-8): not a genotype") from None
     text = text.strip()
     if text.startswith("|"):
         return NB201Genotype.from_string(text)
@@ -409,6 +421,11 @@ def load_genotype(text_or_path: str):
     try:
         d = json.loads(text)
     except json.JSONDecodeError as e:
+        if source != "genotype text":
+            raise GenotypeError(
+                f"{source} is not valid genotype JSON ({e.msg} at line {e.lineno} column "
+                f"{e.colno}; truncated or edited?)"
+            ) from None
         raise GenotypeError(
             f"not a genotype: {text[:80]!r} is neither an NB201 string, Genotype(...) text, "
             f"JSON ({e.msg}), nor a path to a genotype.json"

@@ -6,12 +6,14 @@ import math
 from pathlib import Path
 from typing import Any
 
+from diffnas.search.diagnostics import cell_label
 from diffnas.viz.rundata import ReportError, RunData
 from diffnas.viz.spaceinfo import darts_state, edge_labels, edge_ops
 
 DPI = 110
 # Curves drawn when present, with the label a reader sees; trainings log test_*, searches and
-# selections valid_* (the held-out half) and val_* (the mean loss of the alpha steps).
+# selections valid_* (the held-out half) and val_* (the mean loss of the alpha steps). Each
+# split has one colour in every panel.
 LOSS_KEYS = (
     ("train_loss", "train"),
     ("val_loss", "val (alpha steps)"),
@@ -19,6 +21,12 @@ LOSS_KEYS = (
     ("test_loss", "test"),
 )
 ACC_KEYS = (("train_acc", "train"), ("valid_acc", "valid"), ("test_acc", "test"))
+SPLIT_COLOURS = {
+    "train": "tab:blue",
+    "val (alpha steps)": "tab:purple",
+    "valid": "tab:orange",
+    "test": "tab:green",
+}
 
 
 def require_matplotlib() -> None:
@@ -78,7 +86,7 @@ def curves(run: RunData, path: Path) -> Path | None:
         fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True
     ):
         for label, xs, ys in series:
-            ax.plot(xs, ys, label=label, **_style(len(xs)))
+            ax.plot(xs, ys, label=label, color=SPLIT_COLOURS[label], **_style(len(xs)))
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
@@ -301,7 +309,7 @@ def alpha_heatmaps(run: RunData, cell: str, path: Path) -> Path | None:
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.6, label="edge weight")
     kept = "bold titles / red marks: the derived cell's edges and ops"
-    fig.suptitle(f"{cell} cell: edge weights per epoch ({kept})", fontsize=9)
+    fig.suptitle(f"{cell_label(cell)}: edge weights per epoch ({kept})", fontsize=9)
     return save(fig, path)
 
 
