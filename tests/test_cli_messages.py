@@ -31,15 +31,26 @@ def _sets(pairs):
 
 
 def test_ctrl_c_names_the_run_to_resume(tmp_path, monkeypatch, capsys):
-    def interrupted(*args, **kwargs):
+    def interrupted(cfg, run, **kwargs):
+        run.save_checkpoint({"epoch": 1})
         raise KeyboardInterrupt
 
     monkeypatch.setattr(diffnas.search.loop, "run_search", interrupted)
     run = tmp_path / "my run"
     assert main(["search", "--out", str(run), *_sets(TINY)]) == 130
     err = capsys.readouterr().err
-    assert f"diffnas search --resume {shlex.quote(str(run))}" in err
+    assert f"resume with `diffnas search --resume {shlex.quote(str(run))}`" in err
     assert "RUN_DIR" not in err
+
+
+def test_ctrl_c_before_the_first_checkpoint_removes_the_run(tmp_path, monkeypatch, capsys):
+    def interrupted(cfg, run, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(diffnas.search.loop, "run_search", interrupted)
+    assert main(["search", "--out", str(tmp_path / "run"), *_sets(TINY)]) == 130
+    err = capsys.readouterr().err
+    assert "removed" in err and "resume with" not in err and not (tmp_path / "run").exists()
 
 
 def test_export_of_a_run_directory_writes_into_it(tmp_path, monkeypatch, capsys):

@@ -162,7 +162,7 @@ def test_save_load_round_trip(tmp_path):
             "search.alpha_lr=1e-7",
             "search.unrolled_eps=0.30000000000000004",
             "search.alpha_betas=[0.0,0.123456789012345678]",
-            "search.grad_clip=inf",
+            "search.grad_clip=1.7976931348623157e308",
             "run.seed=4294967295",
             "data.augment=false",
         ]
@@ -209,3 +209,9 @@ def test_registry_suggests_the_name_meant():
     with pytest.raises(KeyError, match="did you mean 'DARTS_V2'"):
         r.get("darts_V2")
     assert "did you mean" not in r.unknown("zzzzzz")
+
+
+@pytest.mark.parametrize("text", ["inf", "-inf", "nan", "+inf"])
+def test_non_finite_numbers_are_refused(text):
+    with pytest.raises(ConfigError, match=r"search.alpha_lr = .*not a finite number"):
+        load_config(overrides=[f"search.alpha_lr={text}"])

@@ -105,6 +105,7 @@ def _search(out: Path, settings: list[str], stop_after: int | None = None) -> No
 def _checkpoint(run_dir: Path) -> dict:
     state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     del state["_rundir_log_sizes"]  # byte counts of logs whose floats differ in the last digits
+    del state["_rundir_config"]  # config.toml's text: run.out differs
     return state
 
 

@@ -56,7 +56,7 @@ def _cfg(out: Path, settings: list[str]):
 def _train(out: Path, settings: list[str], stop_after: int | None = None) -> None:
     """A fresh single-process train_image in `out`."""
     cfg = _cfg(out, settings)
-    train_image(cfg, RunDir(out).create(cfg), log=lambda _: None, stop_after=stop_after)
+    train_image(cfg, RunDir(out).create(cfg, "train"), log=lambda _: None, stop_after=stop_after)
 
 
 def _train_job(out: Path, settings: list[str], stop_after: int | None) -> None:
@@ -64,7 +64,7 @@ def _train_job(out: Path, settings: list[str], stop_after: int | None) -> None:
     cfg = _cfg(out, settings)
     run = RunDir(out)
     if distributed.is_main():
-        run.create(cfg)
+        run.create(cfg, "train")
     distributed.barrier()
     train_image(cfg, run, log=lambda _: None, stop_after=stop_after)
 

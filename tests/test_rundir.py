@@ -84,7 +84,8 @@ def test_checkpoint_round_trip(tmp_path):
     }
     path = run.save_checkpoint(state)
     assert path == run.path / CHECKPOINT_FILE
-    assert sorted(p.name for p in run.path.iterdir()) == ["checkpoint.pt", "config.toml"]
+    files = sorted(p.name for p in run.path.iterdir())
+    assert files == ["checkpoint.pt", "config.toml"]
     after = draws()
 
     resumed = RunDir.open_existing(run.path)
@@ -201,3 +202,73 @@ def test_resolve_out():
     assert resolve_out(cfg, stamp) == Path("runs/nb201-fashion_mnist-20240506-070809")
     cfg.run.out = "mine"
     assert resolve_out(cfg, stamp) == Path("mine")
+
+
+# ----------------------------------------------------------------------------- run kinds
+
+
+def test_a_run_directory_says_its_kind_and_refuses_other_commands(tmp_path):
+    search = RunDir(tmp_path / "s").create(Config(), "search")
+    train = RunDir(tmp_path / "t").create(Config(), "train")
+    assert not (RunDir(tmp_path / "lib").create(Config()).path / "run.json").exists()
+    select = RunDir(tmp_path / "s" / "select-perturbation").create(
+        Config(), "select", method="perturbation", search=str(search.path)
+    )
+    assert json.loads((train.path / "run.json").read_text()) == {"kind": "train"}
+    assert search.describe() == "a search" and train.describe() == "a final training"
+    assert select.describe() == "a perturbation selection"
+    search.require_kind("search", "resume")
+    with pytest.raises(RunDirError) as info:
+        select.require_kind("search", "resume")
+    msg = str(info.value)
+    assert "is a perturbation selection, not a search" in msg
+    assert f"diffnas select {search.path} --method perturbation --resume --out {select.path}" in msg
+    with pytest.raises(RunDirError, match=f"resume it with `diffnas train --resume {train.path}`"):
+        train.require_kind("search", "resume")
+    with pytest.raises(RunDirError, match="is a search, not a final training"):
+        search.require_kind("train", "resume")
+    # open_existing checks the kind before anything else.
+    select.save_checkpoint({"epoch": 1})
+    with pytest.raises(RunDirError, match="perturbation selection"):
+        RunDir.open_existing(select.path, "search")
+
+
+def test_directories_from_before_run_json_get_their_kind_from_their_files(tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    assert RunDir(old).info() == {}  # nothing to tell: any command may try it
+    (old / "genotypes.jsonl").write_text("")
+    assert RunDir(old).info()["kind"] == "search"
+    (old / "result.json").write_text("{}")
+    assert RunDir(old).info()["kind"] == "train"
+    sel = old / "select-perturbation"
+    sel.mkdir()
+    assert RunDir(sel).info() == {"kind": "select", "method": "perturbation", "search": str(old)}
+    (old / "run.json").write_text("{not json")
+    with pytest.raises(RunDirError, match="run.json is corrupt"):
+        RunDir(old).info()
+
+
+def test_a_run_that_never_checkpointed_is_removed_again(tmp_path):
+    made = RunDir(tmp_path / "a" / "b").create(Config())
+    made.log_metrics({"step": 0})
+    assert made.discard_unstarted() and not (tmp_path / "a" / "b").exists()
+    # A directory the user made keeps everything but the run's own files.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    run = RunDir(mine).create(Config())
+    assert run.discard_unstarted()
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    # With a checkpoint nothing is touched; nor is a directory this object did not create.
+    kept = RunDir(tmp_path / "kept").create(Config())
+    kept.save_checkpoint({"epoch": 1})
+    assert not kept.discard_unstarted() and (kept.path / "config.toml").is_file()
+    assert not RunDir(tmp_path / "kept").discard_unstarted()
+
+
+def test_create_refuses_a_path_under_a_file(tmp_path):
+    (tmp_path / "plain").write_text("")
+    with pytest.raises(RunDirError, match="plain is a file"):
+        RunDir(tmp_path / "plain" / "run").create(Config())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain"]

@@ -205,7 +205,7 @@ def test_registry_lists_spaces_and_checks_steps(space_cfg):
     assert set(ALL_SPACES) <= set(SPACES.names())
     with pytest.raises(KeyError, match="available"):
         SPACES.get("nope")
-    with pytest.raises(ValueError, match="steps must be 4"):
+    with pytest.raises(ValueError, match="set space.steps = 4"):
         build_supernet(space_cfg("s2", steps=3), 3, 10)
 
 

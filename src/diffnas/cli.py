@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import shlex
 import sys
 import time
 from importlib import resources
@@ -53,10 +53,10 @@ def _data_label(cfg, task: str) -> str:
     return label(cfg) if label else cfg.data.dataset
 
 
-def _create_run(cfg, **name):
-    """A new run directory for `cfg` (`resolve_out(cfg, **name)`), made by rank 0 alone under
-    torchrun: every rank gets rank 0's path (the default name holds the time) and stops with
-    rank 0's error, instead of waiting for it forever."""
+def _create_run(cfg, run_kind: str, info: dict | None = None, **name):
+    """A new run directory of `run_kind` for `cfg` (`resolve_out(cfg, **name)`), made by rank
+    0 alone under torchrun: every rank gets rank 0's path (the default name holds the time) and
+    stops with rank 0's error, instead of waiting for it forever."""
     from diffnas.runs import distributed
     from diffnas.runs.rundir import RunDir, RunDirError, resolve_out
 
@@ -65,13 +65,30 @@ def _create_run(cfg, **name):
     error = None
     if distributed.is_main():
         try:
-            run.create(cfg)
+            run.create(cfg, run_kind, **(info or {}))
         except RunDirError as e:
             error = str(e)
     error = distributed.broadcast_object(error)
     if error:
         raise RunDirError(error)
     return run
+
+
+@contextlib.contextmanager
+def _started(run, args):
+    """Run a command's work in `run`: Ctrl-C then names the command that resumes it, and a run
+    that fails or is interrupted before its first checkpoint is removed again (rank 0), so no
+    half-made run directory is left behind."""
+    from diffnas.runs import distributed
+
+    args.resume_hint = run.resume_command()
+    try:
+        yield
+    except BaseException:
+        if distributed.is_main() and run.discard_unstarted():
+            args.resume_hint = None
+            args.removed_run = run.path
+        raise
 
 
 def cmd_search(args) -> int:
@@ -83,7 +100,7 @@ def cmd_search(args) -> int:
     if args.resume:
         if args.set or args.config or args.out:
             raise ConfigError("--resume uses the run's own config.toml; drop --config/--set/--out")
-        run = RunDir.open_existing(args.resume)
+        run = RunDir.open_existing(args.resume, "search")
         cfg = run.read_config()
         distributed.init_from_env(resolve_device(cfg.run.device))
     else:
@@ -93,15 +110,15 @@ def cmd_search(args) -> int:
             overrides.append(f"run.out={json.dumps(args.out)}")
         cfg = load_config(cfg_path, overrides)
         distributed.init_from_env(resolve_device(cfg.run.device))
-        run = _create_run(cfg, dataset=_data_label(cfg, search_task(cfg)))
+        run = _create_run(cfg, "search", dataset=_data_label(cfg, search_task(cfg)))
         if distributed.is_main():
             print(f"run directory: {run.path}" + ("" if args.config else " (quickstart config)"))
-    args.resume_hint = f"diffnas search --resume {shlex.quote(str(run.path))}"
     main = distributed.is_main()
     hooks = [h for h in [_nb201_hook()] if cfg.space.name == "nb201" and h] if main else []
     t0 = time.perf_counter()
     try:
-        genotype = run_search(cfg, run, resume=bool(args.resume), hooks=hooks)
+        with _started(run, args):
+            genotype = run_search(cfg, run, resume=bool(args.resume), hooks=hooks)
     finally:
         distributed.cleanup()
     if not main:
@@ -149,7 +166,11 @@ def _train_config(args):
     of the task or of the genotype's space), then --set, then --genotype and --task. The
     genotype is None when none is given (tasks whose baselines need none, e.g. an LSTM)."""
     from diffnas.spaces.genotypes import load_genotype
+    from diffnas.train import TASKS
 
+    task = getattr(args, "task", None)
+    if task and task not in TASKS:
+        raise ConfigError(f"--task {task!r}: {TASKS.unknown(task)}")
     overrides = list(args.set or [])
     for key, value in (("genotype", args.genotype), ("task", getattr(args, "task", None))):
         if value:
@@ -177,7 +198,7 @@ def cmd_train(args) -> int:
     if args.resume:
         if args.set or args.config or args.out or args.genotype:
             raise ConfigError("--resume uses the run's own config.toml; drop the other options")
-        run = RunDir.open_existing(args.resume)
+        run = RunDir.open_existing(args.resume, "train")
         cfg = run.read_config()
         check_world_size(cfg.train.task)
         distributed.init_from_env(resolve_device(cfg.run.device))
@@ -190,13 +211,15 @@ def cmd_train(args) -> int:
             cfg.run.out = args.out
         distributed.init_from_env(resolve_device(cfg.run.device))
         kind = space_family(genotype) if cfg.train.task == "image" else cfg.train.task
-        run = _create_run(cfg, kind=f"train-{kind}", dataset=_data_label(cfg, cfg.train.task))
+        run = _create_run(
+            cfg, "train", kind=f"train-{kind}", dataset=_data_label(cfg, cfg.train.task)
+        )
         if distributed.is_main():
             print(f"run directory: {run.path}")
-    args.resume_hint = f"diffnas train --resume {shlex.quote(str(run.path))}"
     main, t0 = distributed.is_main(), time.perf_counter()
     try:
-        result = TASKS.get(cfg.train.task)(cfg, run, resume=bool(args.resume))
+        with _started(run, args):
+            result = TASKS.get(cfg.train.task)(cfg, run, resume=bool(args.resume))
     finally:
         distributed.cleanup()
     if main:
@@ -223,6 +246,13 @@ def _parse_shape(text: str) -> tuple[int, int, int]:
     return tuple(int(p) for p in parts)
 
 
+def _check_classes(n: int) -> None:
+    if n < 2:
+        raise ConfigError(
+            f"--classes {n}: a classifier needs at least 2 classes, e.g. --classes 10"
+        )
+
+
 def cmd_info(args) -> int:
     """`diffnas info GENOTYPE`: parameters and multiply-adds of its final network."""
     from diffnas.spaces.final import build_final_network, count_macs, count_params, space_family
@@ -239,6 +269,7 @@ def cmd_info(args) -> int:
         cfg.lm.core = space_family(genotype)  # the searched cell's core
         return _info_language_model(args, cfg, genotype)
     shape = _parse_shape(args.input)
+    _check_classes(args.classes)
     model = build_final_network(genotype, cfg.train, shape[0], args.classes)
     print(f"genotype: {genotype}")
     depth = {"darts": f"train.layers={cfg.train.layers}", "nb201": f"train.N={cfg.train.N}"}
@@ -268,6 +299,8 @@ def _info_language_model(args, cfg, genotype) -> int:
     from diffnas.spaces.final import count_params
     from diffnas.train.lm import build_language_model
 
+    if args.vocab < 2:
+        raise ConfigError(f"--vocab {args.vocab}: a vocabulary needs at least 2 words")
     model = build_language_model(cfg.lm, args.vocab, genotype)
     print(f"genotype: {genotype}")
     print(f"network: language model, lm.core={cfg.lm.core}, lm.nhid={cfg.lm.nhid}, tied decoder")
@@ -293,6 +326,7 @@ def cmd_export(args) -> int:
         args.genotype = args.source
         cfg, genotype = _train_config(args)
         shape = _parse_shape(args.input)
+        _check_classes(args.classes)
         model = build_final_network(genotype, cfg.train, shape[0], args.classes)
         name = GENOTYPES.lookup(args.source) or "genotype"
         default = Path("exports") / f"{name}{SUFFIX[args.format]}"
@@ -338,12 +372,9 @@ def cmd_select(args) -> int:
         args.run_dir, args.method, args.set or [], out=args.out, resume=bool(args.resume)
     )
     print(f"selection directory: {run.path}")
-    args.resume_hint = " ".join(
-        ["diffnas select", shlex.quote(args.run_dir), "--method", args.method, "--resume"]
-        + (["--out", shlex.quote(args.out)] if args.out else [])
-    )
     t0 = time.perf_counter()
-    genotype = run_select(cfg, args.run_dir, run, resume=bool(args.resume))
+    with _started(run, args):
+        genotype = run_select(cfg, args.run_dir, run, resume=bool(args.resume))
     print(f"\nselection finished in {time.perf_counter() - t0:.0f}s; genotype: {genotype}")
     print(f"written to {Path(run.path) / 'genotype.json'}")
     if cfg.space.name == "nb201":
@@ -512,6 +543,13 @@ def main(argv=None) -> int:
         hint = getattr(args, "resume_hint", None)
         if hint is None and args.command == "sweep":
             hint = "the same diffnas sweep command"
+        removed = getattr(args, "removed_run", None)
+        if removed is not None:
+            hint = None
+            print(
+                f"\n{removed} removed: nothing to resume before the first checkpoint",
+                file=sys.stderr,
+            )
         print("\ninterrupted" + (f"; resume with `{hint}`" if hint else ""), file=sys.stderr)
         return 130
     except _user_errors() as e:
@@ -527,13 +565,17 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from diffnas.bench.nb201 import BenchmarkError
     from diffnas.data import DataFormatError, DataNotFoundError
     from diffnas.export import ExportError
+    from diffnas.runs.nonfinite import NonFiniteError
     from diffnas.runs.rundir import RunDirError
+    from diffnas.spaces import SpaceError
     from diffnas.spaces.final import FinalNetworkError
     from diffnas.spaces.genotypes import GenotypeError
     from diffnas.viz import ReportError
 
     return (
         ConfigError,
+        NonFiniteError,
+        SpaceError,
         FinalNetworkError,
         ExportError,
         RunDirError,

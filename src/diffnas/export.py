@@ -20,7 +20,7 @@ from torch import nn
 
 from diffnas.registry import Registry
 from diffnas.runs.config import Config
-from diffnas.runs.rundir import CHECKPOINT_FILE, RunDir, RunDirError
+from diffnas.runs.rundir import CHECKPOINT_FILE, RunDir, RunDirError, file_in_the_way
 from diffnas.spaces.final import build_final_network
 from diffnas.spaces.genotypes import genotype_to_json, load_genotype
 
@@ -128,8 +128,24 @@ SUFFIX = {"state_dict": ".pt", "torchscript": ".ts.pt", "onnx": ".onnx"}
 
 
 def export(model, genotype, shape, cfg, fmt: str, path: str | Path) -> Path:
-    """Write the network in format `fmt` to `path` (its parent made if needed)."""
+    """Write the network in format `fmt` to `path` (its parent made if needed). A failed
+    export leaves nothing behind: no partial file, no directory it made."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    EXPORTERS.get(fmt)(model.eval(), genotype, shape, cfg, path)
+    blocker = file_in_the_way(path.parent)
+    if blocker is not None:
+        raise ExportError(f"cannot write {path}: {blocker} is a file, not a directory")
+    if path.is_dir():
+        raise ExportError(f"cannot write {path}: it is a directory; give a file name for --out")
+    made = [p for p in reversed(path.parents) if not p.exists()]
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        EXPORTERS.get(fmt)(model.eval(), genotype, shape, cfg, path)
+    except BaseException:
+        if not existed:
+            path.unlink(missing_ok=True)
+        for p in reversed(made):
+            if p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
+        raise
     return path

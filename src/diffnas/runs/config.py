@@ -130,6 +130,14 @@ class RunConfig:
     log_every: int = setting(
         50, "Training steps between progress lines and step records in `metrics.jsonl`.", min=1
     )
+    on_nonfinite: str = setting(
+        "stop",
+        "What a search, selection or training does when a step diverges (a NaN or infinite "
+        "loss, or a parameter made so): `stop` ends the run with an error, keeping its last good "
+        "checkpoint to resume from; `skip` undoes the step and goes on, counting "
+        "`skipped_steps` in the epoch record.",
+        choices=("stop", "skip"),
+    )
     progress: bool = setting(
         True,
         "Show a progress bar with loss, accuracy and speed (on a terminal only; a log file or "
@@ -995,8 +1003,8 @@ def _check_scalar(value: Any, tp: Any, meta: Mapping[str, Any]) -> tuple[Any, st
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         if ok:
             value = float(value)
-            if math.isnan(value):
-                return value, "NaN is not a number any setting accepts"
+            if not math.isfinite(value):
+                return value, f"{value} is not a finite number, which every setting needs"
     elif tp is str:
         ok = isinstance(value, str)
     else:

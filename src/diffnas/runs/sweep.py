@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from diffnas.runs.config import ConfigError
-from diffnas.runs.rundir import CHECKPOINT_FILE, GENOTYPE_FILE, RunDir
+from diffnas.runs.rundir import CHECKPOINT_FILE, GENOTYPE_FILE, RunDir, file_in_the_way
 from diffnas.spaces.genotypes import Genotype, NB201Genotype, load_genotype
 
 SUMMARY_FILE = "summary.json"
@@ -72,6 +72,9 @@ def run_sweep(
 ) -> list[int]:
     """Run the unfinished seeds, `jobs` at a time on this machine or, with `ray_address`, as
     tasks on that Ray cluster; returns the seeds that failed."""
+    blocker = file_in_the_way(out)
+    if blocker is not None:
+        raise ConfigError(f"--out {out}: {blocker} is a file; pick another sweep directory")
     out.mkdir(parents=True, exist_ok=True)
     todo = [s for s in seeds if not (seed_dir(out, s) / GENOTYPE_FILE).exists()]
     for s in sorted(set(seeds) - set(todo)):

@@ -14,8 +14,10 @@ from diffnas.data import Augment, EpochBatches, cycle_batches, load_images, spli
 from diffnas.registry import Registry
 from diffnas.runs import distributed, precision, tensorboard
 from diffnas.runs.config import ConfigError
+from diffnas.runs.nonfinite import NonFiniteGuard
 from diffnas.runs.progress import Progress
 from diffnas.runs.rng import capture_rng, restore_rng, seed_everything
+from diffnas.runs.rundir import restore_state
 from diffnas.search import STRATEGIES
 from diffnas.search.diagnostics import collapse_diagnostics, collapse_warning, search_warnings
 from diffnas.search.objectives import OBJECTIVES, Objective
@@ -104,9 +106,10 @@ def image_search_data(cfg, device: torch.device) -> SearchData:
     n = min(cfg.data.limit, len(ds)) if cfg.data.limit else len(ds)
     train_idx, val_idx = split_indices(n, train_portion(cfg.search, cfg.data.train_portion))
     if len(train_idx) == 0 or len(val_idx) == 0:
-        raise ValueError(
-            f"data.limit={cfg.data.limit} with data.train_portion={cfg.data.train_portion} leaves "
-            "an empty train or val split; raise data.limit"
+        raise ConfigError(
+            f"data.limit = {cfg.data.limit} with data.train_portion = {cfg.data.train_portion} "
+            f"leaves an empty train or val split ({len(train_idx)} / {len(val_idx)} images); "
+            "raise data.limit"
         )
     aug = (
         Augment(ds.mean, ds.std, pad=4, flip=True, cutout=cfg.data.cutout)
@@ -264,9 +267,21 @@ def train_epoch(
     )
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
+    guard = NonFiniteGuard(
+        cfg.run.on_nonfinite,
+        strategy,
+        lambda: [*strategy.model.parameters(), *strategy.arch.parameters()],
+        run,
+    )
     for train_batch in bar:
-        m = strategy.step(train_batch, next_val)
+        m = guard.run_step(
+            lambda b=train_batch: strategy.step(b, next_val),
+            lambda m: {k: v for k, v in m.items() if k.endswith("loss")},
+            f"epoch {epoch + 1}, step {global_step + 1}",
+        )
         global_step += 1
+        if m is None:
+            continue  # undone (run.on_nonfinite = "skip")
         for k, v in m.items():  # val_loss only on iterations with an alpha step
             sums[k] = sums.get(k, 0.0) + v
             counts[k] = counts.get(k, 0) + 1
@@ -279,6 +294,7 @@ def train_epoch(
     means = {k: v / counts[k] for k, v in sums.items()}
     if s.objective is not None:
         means = s.objective.epoch_metrics(means)
+    means.update(guard.finish(f"epoch {epoch + 1}"))
     return means, global_step
 
 
@@ -302,7 +318,7 @@ def run_search(
     if resume:
         # Rank 0 reads the checkpoint (and cuts the logs back to it); the others get its bytes.
         state = distributed.broadcast_object(run.load_checkpoint() if main else None)
-        strategy.load_state_dict(state["strategy"])
+        restore_state(strategy, state["strategy"], run.path, run.edited_keys())
         start_epoch, global_step = state["epoch"], state["global_step"]
         restore_rng(state["rng"])
         if main:

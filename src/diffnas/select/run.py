@@ -38,6 +38,7 @@ from diffnas.runs.rundir import (
     CheckpointError,
     RunDir,
     RunDirError,
+    restore_state,
 )
 from diffnas.search.loop import SearchSetup, build_search, train_epoch
 from diffnas.select.perturbation import Perturbation
@@ -66,10 +67,6 @@ class SelectRunDir(RunDir):
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
-    def has_checkpoint(self) -> bool:
-        """Whether a selection here can be resumed."""
-        return self._has_checkpoint()
-
 
 # ---------------------------------------------------------------------------------------------
 # The search run and the selection's config and directory
@@ -91,6 +88,7 @@ def select_config(search_dir: str | Path, method: str, overrides: Sequence[str] 
         raise RunDirError(
             f"{search_dir} has no {CONFIG_FILE}: not a run directory of `diffnas search`"
         )
+    RunDir(search_dir).require_kind("search", "select from")
     for text in overrides:
         section, key, _ = parse_override(text)
         name = f"{section}.{key}"
@@ -138,7 +136,7 @@ def open_select_dir(
     if resume:
         if overrides:
             raise ConfigError("--resume uses the selection's own config.toml; drop --set")
-        run = SelectRunDir.open_existing(run.path)
+        run = SelectRunDir.open_existing(run.path, "select")
         cfg = run.read_config()
         if cfg.select.method != method:
             raise ConfigError(f"{run.path} holds a {cfg.select.method!r} selection, not {method!r}")
@@ -151,7 +149,7 @@ def open_select_dir(
             "--out DIR for another one"
         )
     cfg.run.out = str(run.path)
-    return cfg, run.create(cfg)
+    return cfg, run.create(cfg, "select", method=method, search=str(search_dir))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,12 +200,12 @@ def run_select(
         # is part of its state); the tuning itself never grows.
         strategy.grower.load_state_dict(state.get("grower", {}))
         strategy.grower = GROWERS.get("none")(cfg.search, strategy)
-    strategy.model.load_state_dict(state["model"])
-    strategy.arch.load_state_dict(state["arch"])
+    restore_state(strategy.model, state["model"], search_dir)
+    restore_state(strategy.arch, state["arch"], search_dir)
     # The architect carries on with its Adam state; the weights get a fresh optimiser.
     # Single-path supernets (search.strategy novelty, random_path) learn no alphas: no Adam.
     if "a_optimizer" in state:
-        strategy.a_optimizer.load_state_dict(state["a_optimizer"])
+        restore_state(strategy.a_optimizer, state["a_optimizer"], search_dir)
     return selector(setup, cfg, run, resume=resume, log=log, stop_after=stop_after)
 
 
@@ -231,8 +229,8 @@ def perturbation_select(
     start, decided, global_step = 0, False, 0
     if resume:
         state = run.load_checkpoint()
-        strategy.load_state_dict(state["strategy"])
-        pt.projection.load_state_dict(state["projection"])
+        restore_state(strategy, state["strategy"], run.path, run.edited_keys())
+        restore_state(pt.projection, state["projection"], run.path, run.edited_keys())
         start, decided, global_step = state["epoch"], state["decided"], state["global_step"]
         restore_rng(state["rng"])
         log(f"resumed {run.path} at tuning epoch {start}/{epochs}")

@@ -29,8 +29,18 @@ def nb201(cfg, in_channels: int, num_classes: int, drop_none: bool = False) -> N
     )
 
 
+class SpaceError(ValueError):
+    """A `[space]` setting the space cannot be built with; the message names the keys."""
+
+
 def _darts_builder(op_sets):
     def build(cfg, in_channels: int, num_classes: int, drop_none: bool = False) -> DartsSuperNet:
+        if cfg.multiplier > cfg.steps:
+            raise SpaceError(
+                f"space.multiplier = {cfg.multiplier} is more than space.steps = {cfg.steps}: a "
+                "cell concatenates its last `multiplier` intermediate nodes, so set "
+                f"space.multiplier <= {cfg.steps} (or raise space.steps)"
+            )
         n_edges = len(edge_list(cfg.steps))
         sets = op_sets or {k: [DARTS_OPS] * n_edges for k in ("normal", "reduce")}
         return DartsSuperNet(
@@ -101,5 +111,8 @@ def build_supernet(cfg, in_channels: int, num_classes: int, drop_none: bool = Fa
     `none` op out of every edge (for activations such as `clip` that have no use for it);
     `options` go to the space's factory (the LM spaces take `lm=cfg.lm`)."""
     if cfg.name in ROBUST_DARTS_OP_SETS and cfg.steps != 4:
-        raise ValueError(f"space.steps must be 4 for the RobustDARTS space {cfg.name!r}")
+        raise SpaceError(
+            f"space.steps = {cfg.steps}: the RobustDARTS space {cfg.name!r} has 4 intermediate "
+            "nodes; set space.steps = 4"
+        )
     return SPACES.get(cfg.name)(cfg, in_channels, num_classes, drop_none, **options)

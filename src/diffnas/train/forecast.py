@@ -46,6 +46,7 @@ from diffnas.data.forecast_protocols import ForecastData, Windows, load_forecast
 from diffnas.registry import Registry
 from diffnas.runs import tensorboard
 from diffnas.runs.config import ConfigError
+from diffnas.runs.nonfinite import NonFiniteGuard
 from diffnas.runs.progress import Progress
 from diffnas.runs.rng import capture_rng, seed_everything
 from diffnas.runs.rundir import resume_trainer
@@ -360,6 +361,9 @@ def train_forecast(
             }
         )
     for epoch in range(start_epoch, end_epoch):
+        guard = NonFiniteGuard(
+            cfg.run.on_nonfinite, trainer, lambda: trainer.model.parameters(), run
+        )
         if stopped:
             break
         t0 = time.perf_counter()
@@ -373,8 +377,14 @@ def train_forecast(
             unit="step",
         )
         loss_sum = 0.0
-        for x, y in bar:
-            loss = trainer.step(x, y)
+        for i, (x, y) in enumerate(bar):
+            loss = guard.run_step(
+                lambda x=x, y=y: trainer.step(x, y),
+                lambda loss: {"train_loss": loss},
+                f"epoch {epoch + 1}, step {i + 1}",
+            )
+            if loss is None:
+                continue
             loss_sum += loss
             bar.update(loss=loss)
         val = evaluate_split(model, data, "val", eval_batch, f.loss)
@@ -389,7 +399,8 @@ def train_forecast(
             "kind": "epoch",
             "epoch": epoch,
             **schedule,
-            "train_loss": loss_sum / max(n_batches, 1),
+            "train_loss": loss_sum / max(guard.done, 1),
+            **guard.finish(f"epoch {epoch + 1}"),
             **_prefixed("val", val),
             "best_epoch": best["epoch"],
             "epoch_time_s": time.perf_counter() - t0,

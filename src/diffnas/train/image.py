@@ -24,6 +24,7 @@ from torch import nn
 
 from diffnas.data import Augment, EpochBatches, load_images
 from diffnas.runs import distributed, precision, tensorboard
+from diffnas.runs.nonfinite import NonFiniteGuard
 from diffnas.runs.progress import Progress
 from diffnas.runs.rng import capture_rng, seed_everything
 from diffnas.runs.rundir import resume_trainer
@@ -176,6 +177,9 @@ def train_image(
     writer = tensorboard.open_writer(run.path, cfg.run.tensorboard and main)
     record = {}
     for epoch in range(start_epoch, end_epoch):
+        guard = NonFiniteGuard(
+            cfg.run.on_nonfinite, trainer, lambda: trainer.model.parameters(), run
+        )
         t0 = time.perf_counter()
         schedule = trainer.start_epoch(epoch)
         torch.manual_seed(drop_path_seed(cfg.run.seed, epoch, distributed.rank()))
@@ -187,22 +191,30 @@ def train_image(
             unit="step",
         )
         loss_sum = acc_sum = 0.0
-        for batch in bar:
+        for i, batch in enumerate(bar):
             x, y = distributed.shard(batch)
-            loss, acc = trainer.step(x.to(dtype), y)
+            out = guard.run_step(
+                lambda x=x, y=y: trainer.step(x.to(dtype), y),
+                lambda out: {"train_loss": out[0]},
+                f"epoch {epoch + 1}, step {i + 1}",
+            )
+            if out is None:
+                continue
+            loss, acc = out
             loss_sum, acc_sum = loss_sum + loss, acc_sum + acc
             bar.update(loss=loss, acc=acc)
         # Equal shards: the mean over the ranks of their means is the global batches' mean.
         loss_sum, acc_sum = (
             v / distributed.world_size() for v in distributed.sum_floats([loss_sum, acc_sum])
         )
-        steps = max(len(train), 1)
+        steps = max(guard.done, 1)
         record = {
             "kind": "epoch",
             "epoch": epoch,
             **schedule,
             "train_loss": loss_sum / steps,
             "train_acc": acc_sum / steps,
+            **guard.finish(f"epoch {epoch + 1}"),
             **trainer.evaluate((x.to(dtype), y) for x, y in test.epoch(0)),
             "epoch_time_s": time.perf_counter() - t0,
         }

@@ -28,6 +28,7 @@ from torch import nn
 from diffnas.data.text import BPTTBatches, batchify, load_corpus
 from diffnas.runs import tensorboard
 from diffnas.runs.config import ConfigError
+from diffnas.runs.nonfinite import NonFiniteGuard
 from diffnas.runs.progress import Progress
 from diffnas.runs.rng import capture_rng, seed_everything
 from diffnas.runs.rundir import resume_trainer
@@ -238,6 +239,9 @@ def train_lm(
     writer = tensorboard.open_writer(run.path, cfg.run.tensorboard)
     record: dict = {}
     for epoch in range(start_epoch, end_epoch):
+        guard = NonFiniteGuard(
+            cfg.run.on_nonfinite, trainer, lambda: trainer.model.parameters(), run
+        )
         t0 = time.perf_counter()
         optimizer = "asgd" if trainer.asgd else "sgd"
         bar = Progress(
@@ -248,8 +252,15 @@ def train_lm(
             unit="step",
         )
         hidden, loss_sum, steps = None, 0.0, 0
-        for x, y in bar:
-            loss, hidden = trainer.step(x, y, hidden)
+        for i, (x, y) in enumerate(bar):
+            out = guard.run_step(
+                lambda x=x, y=y, h=hidden: trainer.step(x, y, h),
+                lambda out: {"train_loss": out[0]},
+                f"epoch {epoch + 1}, step {i + 1}",
+            )
+            if out is None:
+                continue  # the step was undone; the hidden state stays the one before it
+            loss, hidden = out
             loss_sum, steps = loss_sum + loss, steps + 1
             bar.update(loss=loss, ppl=perplexity(loss))
         train_loss = loss_sum / max(steps, 1)
@@ -261,6 +272,7 @@ def train_lm(
             "optimizer": optimizer,
             "train_loss": train_loss,
             "train_ppl": perplexity(train_loss),
+            **guard.finish(f"epoch {epoch + 1}"),
             "valid_loss": valid_loss,
             "valid_ppl": perplexity(valid_loss),
             "best_valid_ppl": perplexity(trainer.best_loss),

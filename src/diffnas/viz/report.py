@@ -11,6 +11,7 @@ from typing import Any
 
 from diffnas import __version__
 from diffnas.runs.config import SearchConfig
+from diffnas.runs.rundir import file_in_the_way
 from diffnas.search.diagnostics import cell_label
 from diffnas.viz import cells, figures
 from diffnas.viz.rundata import ReportError, RunData, read_run
@@ -524,8 +525,11 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     figures.require_matplotlib()  # before anything is written
     run = read_run(run_dir)
     out = Path(out) if out is not None else Path(run_dir) / REPORT_DIR
-    if out.exists() and not out.is_dir():
-        raise ReportError(f"cannot write the report to {out}: it is a file")
+    blocker = file_in_the_way(out)
+    if blocker is not None:
+        raise ReportError(
+            f"cannot write the report to {out}: {blocker} is a file; pick another --out"
+        )
     out.mkdir(parents=True, exist_ok=True)
     page = render(run, out.resolve())
     index = out / INDEX_FILE
