@@ -176,15 +176,30 @@ def test_fashion_mnist_count_mismatch(tmp_path: Path) -> None:
 
 def test_fashion_mnist_missing_lists_places(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv(images_mod.DATA_ENV, str(tmp_path / "env"))
-    missing = tmp_path / "nowhere"
     with pytest.raises(DataNotFoundError) as info:
-        load_images("fashion_mnist", "train", str(missing))
+        load_images("fashion_mnist", "train")
     msg = str(info.value)
     assert isinstance(info.value, FileNotFoundError)
     assert "train-images-idx3-ubyte" in msg
-    assert str(missing) in msg and str(missing / "fashion-mnist") in msg
     assert str(tmp_path / "env" / "fashion-mnist") in msg
     assert "apt-get install dataset-fashion-mnist" in msg and "zalandoresearch" in msg
+    assert "--set data.data_dir=DIR" in msg and "--data-dir" not in msg
+
+
+def test_a_data_dir_that_is_set_is_the_only_place_looked_in(tmp_path: Path, monkeypatch) -> None:
+    """No silent fall-back to $DIFFNAS_DATA or the system copy when data.data_dir is set."""
+    env = tmp_path / "env" / "fashion-mnist"
+    write_fashion(env, "train", 3)
+    monkeypatch.setenv(images_mod.DATA_ENV, str(tmp_path / "env"))
+    assert len(load_images("fashion_mnist", "train")) > 0  # found through the variable
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataNotFoundError) as info:
+        load_images("fashion_mnist", "train", str(empty))
+    msg = str(info.value)
+    assert str(empty) in msg and str(empty / "fashion-mnist") in msg and str(env) not in msg
+    with pytest.raises(DataNotFoundError, match="data.data_dir = .*nowhere.*: no such directory"):
+        load_images("fashion_mnist", "train", str(tmp_path / "nowhere"))
 
 
 @pytest.mark.skipif(not REAL_FASHION_DIR.is_dir(), reason="dataset-fashion-mnist not installed")
@@ -296,13 +311,14 @@ def test_cifar_bad_shape(tmp_path: Path) -> None:
 def test_cifar_missing_dir_lists_places(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv(images_mod.DATA_ENV, str(tmp_path / "env"))
     missing = tmp_path / "missing"
+    missing.mkdir()
     with pytest.raises(DataNotFoundError) as info:
         load_images("cifar10", "train", str(missing))
     msg = str(info.value)
     assert "data_batch_1" in msg
-    env_place = tmp_path / "env" / "cifar-10-batches-py"
-    for place in (missing, missing / "cifar-10-batches-py", env_place):
+    for place in (missing, missing / "cifar-10-batches-py"):
         assert str(place) in msg
+    assert str(tmp_path / "env") not in msg
     assert "cifar-10-python.tar.gz" in msg and "https://www.cs.toronto.edu/~kriz/cifar.html" in msg
 
 

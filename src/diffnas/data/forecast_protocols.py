@@ -334,7 +334,8 @@ def prepare_forecast(
         if len(r) <= 0:
             raise DataFormatError(
                 f"{series.path}: {len(series)} rows leave no {split} samples under the "
-                f"{protocol} protocol with look-back {lookback} and horizon {horizon}"
+                f"{protocol} protocol with forecast.lookback = {lookback} and forecast.horizon "
+                f"= {horizon}; lower them or use a longer series"
             )
     rows = proto.scaler_rows(series, lookback, scale)
     scaler = proto.fit_scaler(series.values[rows.start : rows.stop])

@@ -25,11 +25,13 @@ FASHION_MNIST_SYSTEM_DIRS: tuple[str, ...] = ("/usr/share/datasets/fashion-mnist
 
 FASHION_MNIST_HELP = (
     "install the Debian package (`apt-get install dataset-fashion-mnist`) or put the 4 files "
-    "from github.com/zalandoresearch/fashion-mnist (data/fashion) into --data-dir"
+    "from github.com/zalandoresearch/fashion-mnist (data/fashion) into a directory and pass "
+    "--set data.data_dir=DIR"
 )
 CIFAR_HELP = (
     "download {archive} from https://www.cs.toronto.edu/~kriz/cifar.html, extract it and pass "
-    "--data-dir (the extracted folder or its parent); nothing is downloaded automatically"
+    "--set data.data_dir=DIR (the extracted folder or its parent); nothing is downloaded "
+    "automatically"
 )
 
 
@@ -100,10 +102,18 @@ def _check_split(split: str) -> None:
 
 
 def _search_dirs(data_dir: str | None, subdir: str, extra: tuple[str, ...] = ()) -> list[Path]:
-    """Candidate directories, in search order, without duplicates."""
+    """Candidate directories, in search order, without duplicates. A `data_dir` the user set is
+    the only place looked in (no silent fall-back to another copy); it must exist."""
     dirs: list[Path] = []
     if data_dir is not None:
-        dirs += [Path(data_dir), Path(data_dir) / subdir]
+        root = Path(data_dir).expanduser()
+        if not root.is_dir():
+            what = "is a file, not a directory" if root.exists() else "no such directory"
+            raise DataNotFoundError(
+                f"data.data_dir = {data_dir!r}: {what}; set it to the directory that holds the "
+                "dataset's files, or leave it empty to use the default places"
+            )
+        return [root, root / subdir]
     env = os.environ.get(DATA_ENV)
     if env:
         dirs.append(Path(env) / subdir)
@@ -117,9 +127,10 @@ def _search_dirs(data_dir: str | None, subdir: str, extra: tuple[str, ...] = ())
 
 def _not_found(what: str, files: list[str], dirs: list[Path], how: str) -> DataNotFoundError:
     places = "\n".join(f"  - {d}" for d in dirs) if dirs else "  (no place to look)"
+    need = files[0] if len(files) == 1 else f"{', '.join(files)} together in one directory"
     env_note = "" if os.environ.get(DATA_ENV) else f" (${DATA_ENV} is not set)"
     return DataNotFoundError(
-        f"{what}: could not find {', '.join(files)}. Searched{env_note}:\n{places}\n"
+        f"{what}: could not find {need}. Searched{env_note}:\n{places}\n"
         f"To get it: {how}"
     )
 

@@ -95,6 +95,11 @@ def load_series(
     for p in candidates:
         if p.is_file():
             return loader(p, columns, date_column)
+        if p.is_dir():
+            raise DataNotFoundError(
+                f"series file {str(path)!r} is a directory; point it at the series file in it"
+                + (f" ({hint})" if hint else "")
+            )
     places = "\n".join(f"  - {p}" for p in candidates)
     env_note = "" if os.environ.get(DATA_ENV) else f" (${DATA_ENV} is not set)"
     raise DataNotFoundError(

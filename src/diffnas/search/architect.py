@@ -40,6 +40,15 @@ def no_reduce(grads: list[torch.Tensor]) -> list[torch.Tensor]:
     return grads
 
 
+def _grads_or_zeros(loss: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """d loss / d params, zeros for the params the loss does not depend on (every edge already
+    decided, as at the end of a perturbation selection)."""
+    if not loss.requires_grad:
+        return [torch.zeros_like(p) for p in params]
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=True)]
+
+
 class Architect:
     """Computes the gradient of the validation loss w.r.t. the alphas and takes an alpha step.
 
@@ -92,7 +101,7 @@ class Architect:
         if self.order == 1:
             with frozen(self.model):  # first order needs no weight gradient
                 loss = self._loss(None, val_batch, "val", advance=True)
-                grads = self.grad_reduce(list(torch.autograd.grad(loss, alphas)))
+                grads = self.grad_reduce(_grads_or_zeros(loss, alphas))
         else:
             loss, grads = self.second_order_grads(train_batch, val_batch, xi)
         # A regulariser of the alphas alone (identical on every rank): its gradient just adds.

@@ -26,6 +26,7 @@ from collections.abc import Callable
 import torch
 
 from diffnas.registry import Registry
+from diffnas.runs.config import ConfigError
 from diffnas.search.single_path import SAMPLERS, Encoding, PathCodec, RewardFn, SinglePathSearch
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # [n, L], [m, L] -> [n, m]
@@ -107,7 +108,7 @@ class NoveltySampler:
 
     def __init__(self, codec: PathCodec, cfg, seed: int):
         if cfg.novelty_warmup == 0:
-            raise ValueError(
+            raise ConfigError(
                 "search.novelty_warmup = 0: the archive must hold at least one architecture "
                 "before the first ES step; use -1 (the archive size) or a positive number"
             )

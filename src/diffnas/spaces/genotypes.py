@@ -180,19 +180,22 @@ class NB201Genotype:
                 f"NB201 string {s!r} must have 3 nodes separated by '+', "
                 "like |op~0|+|op~0|op~1|+|op~0|op~1|op~2|"
             )
-        ops = []
-        for i, node in enumerate(nodes, start=1):
-            if not (node.startswith("|") and node.endswith("|")):
-                raise GenotypeError(f"node {i} {node!r} must start and end with '|'")
-            parts = node[1:-1].split("|")
-            if len(parts) != i:
-                raise GenotypeError(f"node {i} must have {i} inputs, got {len(parts)} in {node!r}")
-            for j, p in enumerate(parts):
-                op, sep, src = p.partition("~")
-                if not sep or src != str(j):
-                    raise GenotypeError(f"node {i}, input {j}: expected 'op~{j}', got {p!r}")
-                ops.append(op)
-        return cls(tuple(ops))
+        try:
+            ops = []
+            for i, node in enumerate(nodes, start=1):
+                if not (node.startswith("|") and node.endswith("|")):
+                    raise GenotypeError(f"node {i} {node!r} must start and end with '|'")
+                parts = node[1:-1].split("|")
+                if len(parts) != i:
+                    raise GenotypeError(f"node {i} must have {i} inputs, got {len(parts)}")
+                for j, p in enumerate(parts):
+                    op, sep, src = p.partition("~")
+                    if not sep or src != str(j):
+                        raise GenotypeError(f"node {i}, input {j}: expected 'op~{j}', got {p!r}")
+                    ops.append(op)
+            return cls(tuple(ops))
+        except GenotypeError as e:
+            raise GenotypeError(f"NB201 string {s!r}: {e}") from None
 
     def to_json(self) -> dict:
         """JSON form: {"arch": "<nb201 string>"}."""
@@ -430,4 +433,10 @@ def load_genotype(text_or_path: str):
             f"not a genotype: {text[:80]!r} is neither an NB201 string, Genotype(...) text, "
             f"JSON ({e.msg}), nor a path to a genotype.json"
         ) from None
-    return genotype_from_json(d)
+    where = "" if source == "genotype text" else f"{source}: "
+    try:
+        return genotype_from_json(d)
+    except GenotypeError as e:
+        raise GenotypeError(f"{where}{e}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise GenotypeError(f"{where}not a valid genotype JSON ({type(e).__name__}: {e})") from None
