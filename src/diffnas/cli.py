@@ -53,7 +53,7 @@ def _data_label(cfg, task: str) -> str:
     return label(cfg) if label else cfg.data.dataset
 
 
-def _create_run(cfg, run_kind: str, info: dict | None = None, **name):
+def _create_run(cfg, run_kind: str, **name):
     """A new run directory of `run_kind` for `cfg` (`resolve_out(cfg, **name)`), made by rank
     0 alone under torchrun: every rank gets rank 0's path (the default name holds the time) and
     stops with rank 0's error, instead of waiting for it forever."""
@@ -65,7 +65,7 @@ def _create_run(cfg, run_kind: str, info: dict | None = None, **name):
     error = None
     if distributed.is_main():
         try:
-            run.create(cfg, run_kind, **(info or {}))
+            run.create(cfg, run_kind)
         except RunDirError as e:
             error = str(e)
     error = distributed.broadcast_object(error)
@@ -172,15 +172,14 @@ def _train_config(args):
     if task and task not in TASKS:
         raise ConfigError(f"--task {task!r}: {TASKS.unknown(task)}")
     overrides = list(args.set or [])
-    for key, value in (("genotype", args.genotype), ("task", getattr(args, "task", None))):
+    for key, value in (("genotype", args.genotype), ("task", task)):
         if value:
             overrides.append(f"train.{key}={json.dumps(value)}")
     cfg = load_config(args.config, overrides) if args.config else None
     name = cfg.train.genotype if cfg else args.genotype
     genotype = load_genotype(name) if name else None
     if cfg is None:
-        task = getattr(args, "task", None) or _genotype_task(genotype)
-        cfg = load_config(_train_recipe(genotype, task), overrides)
+        cfg = load_config(_train_recipe(genotype, task or _genotype_task(genotype)), overrides)
     if genotype is None and cfg.train.task == "image":
         raise ConfigError(NO_GENOTYPE)
     return cfg, genotype
