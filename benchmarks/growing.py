@@ -25,7 +25,7 @@ validation perplexity, forecasting the best validation RSE (the test split is no
 Columns: quality of the derived cell after final training, search wall time (the sum of the
 epoch times), edge-epochs, the sum over search epochs of the edges that ran (alpha rows with a
 non-zero weight, per cell type, not per cell; a two-input node is one edge), and op-epochs, the
-same for (edge, op) pairs left unmasked. The claim under test (ALGORITHMS.md 5.1): growing
+same for (edge, op) pairs left unmasked. The claim under test (docs/METHODS.md section 5): growing
 makes the search cheaper at comparable quality; the verdict line says whether these numbers
 show it (accuracy within --tolerance points of fixed; perplexity / RSE at most --rel-tolerance
 worse).

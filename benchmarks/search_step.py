@@ -36,7 +36,7 @@ def measure(space: str, order: int, steps: int, device: str, channels_last: bool
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     arch = ArchParameters(model.arch_shapes()).to(dev)
-    cfg = SearchConfig(order=order)  # the DARTS defaults of ALGORITHMS.md 1.3
+    cfg = SearchConfig(order=order)  # the DARTS defaults (docs/METHODS.md section 1)
     search = DartsSearch(model, arch, cfg)
     search.on_epoch_start(0)
 

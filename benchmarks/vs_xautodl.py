@@ -100,7 +100,7 @@ XAUTODL_OP = {
     "dil_conv_5x5": "dil_sepc_5x5",
 }
 
-OUR_CFG = SearchConfig(order=1, epochs=50)  # the DARTS defaults of ALGORITHMS.md 1.3
+OUR_CFG = SearchConfig(order=1, epochs=50)  # the DARTS defaults (docs/METHODS.md section 1)
 
 
 def import_xautodl() -> types.SimpleNamespace:

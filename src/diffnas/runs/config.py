@@ -445,7 +445,7 @@ class SearchConfig:
     )
     grower: str = setting(
         "none",
-        "Grow the supernet during the search (ours, ALGORITHMS.md 5.2; `darts` strategy): "
+        "Grow the supernet during the search (ours, docs/METHODS.md section 5; `darts` strategy): "
         "`none` keeps its size; `morphism` adds one intermediate node to every cell when the "
         "`grow_trigger` fires, function-preserving (DARTS CNN: new node in the concatenated "
         "output, zero weights where later cells and the classifier read its channels; "

@@ -1,4 +1,4 @@
-"""EN²AS: novelty-driven single-path sampling (ALGORITHMS.md section 4.3).
+"""EN²AS: novelty-driven single-path sampling (docs/METHODS.md, section 4).
 
 The behaviour of an architecture is its encoding (`diffnas.search.single_path`). The novelty of
 an encoding is the mean of its k smallest distances to the members of an archive. Per cell type

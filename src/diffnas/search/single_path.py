@@ -6,7 +6,7 @@ one-hot edge weights, so that the supernet's `MixedOp`s run only the sampled op 
 edge (ops with weight exactly 0 are skipped, unsampled edges are cut) and only those ops'
 parameters receive gradients. A step then costs about one child network, not the supernet.
 
-Encodings (EN²AS, ALGORITHMS.md 4.2), one integer vector per cell type:
+Encodings (EN²AS, docs/METHODS.md section 4), one integer vector per cell type:
 
 - DARTS spaces: `[in1, op1, in2, op2]` per intermediate node (length 4 * steps). Node i
   (0-based) takes two distinct inputs in [0, i+1] (0, 1 = the cell inputs); `op` indexes the
@@ -286,7 +286,7 @@ class PairCodec(OpPerRowCodec):
 
 
 class RNNCodec(PathCodec):
-    """`[op, in]` per node for the DARTS RNN cell (EN²AS' RNN encoding, ALGORITHMS.md 4.2).
+    """`[op, in]` per node for the DARTS RNN cell (EN²AS' RNN encoding).
 
     Node i (1-based) takes one input in [0, i-1] (0: the highway node s0) and one activation
     among the non-`none` ops: `none` is never sampled, as the DARTS RNN derivation never picks

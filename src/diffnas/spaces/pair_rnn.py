@@ -1,4 +1,4 @@
-"""The two-input recurrent backbone (ALGORITHMS.md 5.2, our design: the paper's is not known).
+"""The two-input recurrent backbone (ours, docs/METHODS.md section 5: the paper's is not known).
 
 DARTS's RNN ops are activations of one input, so no cell it finds multiplies two computed
 signals as LSTM and GRU cells do. Here node k has two fixed inputs, a = s_{k-1} (the chain) and

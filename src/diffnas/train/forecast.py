@@ -170,7 +170,7 @@ def build_forecaster(fcfg, shape: ForecastShape, genotype=None) -> nn.Module:
 # ----------------------------------------------------------------------------- training pieces
 
 
-# train/ must not depend on search/ (DESIGN.md), so these three small helpers live here.
+# train/ must not depend on search/, so these three small helpers live here.
 def resolve_device(name: str) -> torch.device:
     """`auto` picks CUDA when available."""
     if name == "auto":
