@@ -1,4 +1,4 @@
-"""Growing the supernet during the search by network morphism (ours: docs/METHODS.md section 5, docs/GROWING.md).
+"""Growing the supernet during the search by network morphism (ours: docs/GROWING.md).
 
 A grower is a component of `DartsSearch` (`search.grower`, registry `GROWERS`): at the end of
 every epoch, after the validation pass and before the checkpoint, `on_epoch_end` asks its

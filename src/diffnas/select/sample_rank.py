@@ -1,4 +1,4 @@
-"""Sample-and-rank selection (EN²AS, docs/METHODS.md section 4): score architectures by inherited weights.
+"""Sample-and-rank selection (EN²AS, docs/METHODS.md 4): score architectures by inherited weights.
 
 1. Sample `select.sample_n` distinct architectures uniformly (the space's single-path codec,
    `diffnas.search.single_path`) and score each with the supernet's inherited weights on

@@ -25,7 +25,7 @@ NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3
 # The DARTS RNN cell's activations (quark0/darts rnn/genotypes.py PRIMITIVES).
 DARTS_RNN_OPS = ("none", "tanh", "relu", "sigmoid", "identity")
 DARTS_RNN_STEPS = 8
-# The two-input backbone's candidates g(a, b) (ours, docs/METHODS.md section 5): a the previous node,
+# The two-input backbone's candidates g(a, b) (ours, docs/METHODS.md 5): a the previous node,
 # b the second source; `none` is optional in the search and never derived.
 PAIR_RNN_OPS = ("none", "hadamard", "add", "gate", "tanh", "relu", "identity")
 # Where node k's second input b comes from: s0 (the highway node), `previous` (node k-2, s0

@@ -1,6 +1,6 @@
 """Growth of the DARTS CNN search cell by one intermediate node (network morphism).
 
-The morphism (ours; the paper's formulas are not recoverable, see docs/METHODS.md section 5). A growing
+The morphism (ours; the paper's formulas are not known, see docs/METHODS.md section 5). A growing
 DARTS supernet concatenates ALL intermediate nodes into a cell's output (`space.multiplier =
 space.steps`, the DARTS default 4/4), and growth keeps it so: node k+1 joins the concat. Then
 the new node's channels are appended at the end of the cell's output, and everything that reads
