@@ -267,7 +267,8 @@ def cmd_info(args) -> int:
     if space_family(genotype) in ("darts_rnn", "pair_rnn"):
         cfg.lm.core = space_family(genotype)  # the searched cell's core
         return _info_language_model(args, cfg, genotype)
-    shape = _parse_shape(args.input)
+    size = cfg.data.image_size or 32
+    shape = _parse_shape(args.input or f"3x{size}x{size}")
     _check_classes(args.classes)
     model = build_final_network(genotype, cfg.train, shape[0], args.classes)
     print(f"genotype: {genotype}")
@@ -447,7 +448,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--list", action="store_true", help="list the published genotypes")
     i.add_argument("--config", help="TOML config sizing the network (default: the recipe)")
     i.add_argument("--set", action="append", metavar="KEY=VALUE", help="e.g. train.C=16")
-    i.add_argument("--input", default="3x32x32", help="input shape CxHxW (default CIFAR's)")
+    i.add_argument(
+        "--input",
+        help="input shape CxHxW (default: 3 x data.image_size squared when the config sets it, "
+        "else CIFAR's 3x32x32)",
+    )
     i.add_argument("--classes", type=int, default=10, help="number of classes (default 10)")
     i.add_argument(
         "--vocab", type=int, default=10000, help="RNN genotypes: vocabulary size (default PTB's)"

@@ -62,7 +62,9 @@ def trained_network(path: str | Path) -> tuple[nn.Module, object, tuple[int, int
     if "trainer" not in state:
         raise RunDirError(f"{run.path} is not a training run (its checkpoint has no trained net)")
     weights = state["trainer"]["model"]
-    in_channels = weights["stem.0.weight"].shape[1]
+    # The first conv of the stem (whichever stem) reads the images.
+    in_channels = next(w for k, w in weights.items() if k.startswith("stem.") and w.dim() == 4)
+    in_channels = in_channels.shape[1]
     num_classes = weights["classifier.weight"].shape[0]
     model = build_final_network(genotype, cfg.train, in_channels, num_classes)
     model.load_state_dict(weights)

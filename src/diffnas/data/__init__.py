@@ -9,6 +9,7 @@ from diffnas.data.images import (
     ImageDataset,
     load_images,
 )
+from diffnas.data.own_images import load_arrays, load_folder  # registers folder and arrays
 
 __all__ = [
     "IMAGE_DATASETS",
@@ -18,6 +19,8 @@ __all__ = [
     "EpochBatches",
     "ImageDataset",
     "cycle_batches",
+    "load_arrays",
+    "load_folder",
     "load_images",
     "split_indices",
 ]

@@ -85,15 +85,17 @@ class ImageDataset:
         return self.x.shape[2]
 
 
-ImageLoader = Callable[[str, str | None], ImageDataset]
+# loader(split, data_dir, data): `data` is the `[data]` config section (None: its defaults),
+# for the loaders with settings of their own (image size, bad files).
+ImageLoader = Callable[..., ImageDataset]
 IMAGE_DATASETS: Registry[ImageLoader] = Registry("image dataset")
 
 
-def load_images(name: str, split: str, data_dir: str | None = None) -> ImageDataset:
+def load_images(name: str, split: str, data_dir: str | None = None, data=None) -> ImageDataset:
     """Load split "train" or "test" of the registered image dataset `name`."""
     loader = IMAGE_DATASETS.get(name)
     _check_split(split)
-    return loader(split, data_dir)
+    return loader(split, data_dir, data)
 
 
 def _check_split(split: str) -> None:
@@ -130,8 +132,7 @@ def _not_found(what: str, files: list[str], dirs: list[Path], how: str) -> DataN
     need = files[0] if len(files) == 1 else f"{', '.join(files)} together in one directory"
     env_note = "" if os.environ.get(DATA_ENV) else f" (${DATA_ENV} is not set)"
     return DataNotFoundError(
-        f"{what}: could not find {need}. Searched{env_note}:\n{places}\n"
-        f"To get it: {how}"
+        f"{what}: could not find {need}. Searched{env_note}:\n{places}\nTo get it: {how}"
     )
 
 
@@ -191,7 +192,7 @@ def _find_idx(directory: Path, stem: str) -> Path | None:
 
 
 @IMAGE_DATASETS.register("fashion_mnist")
-def load_fashion_mnist(split: str, data_dir: str | None = None) -> ImageDataset:
+def load_fashion_mnist(split: str, data_dir: str | None = None, data=None) -> ImageDataset:
     """Fashion-MNIST from its idx files (1x28x28 grayscale, 10 classes)."""
     _check_split(split)
     image_stem, label_stem = _FASHION_FILES[split]
@@ -336,7 +337,7 @@ def _load_cifar(
 
 
 @IMAGE_DATASETS.register("cifar10")
-def load_cifar10(split: str, data_dir: str | None = None) -> ImageDataset:
+def load_cifar10(split: str, data_dir: str | None = None, data=None) -> ImageDataset:
     """CIFAR-10 from the python batches (data_batch_1..5, test_batch)."""
     return _load_cifar(
         split,
@@ -353,7 +354,7 @@ def load_cifar10(split: str, data_dir: str | None = None) -> ImageDataset:
 
 
 @IMAGE_DATASETS.register("cifar100")
-def load_cifar100(split: str, data_dir: str | None = None) -> ImageDataset:
+def load_cifar100(split: str, data_dir: str | None = None, data=None) -> ImageDataset:
     """CIFAR-100 from the python files (train, test), with the 100 fine labels."""
     return _load_cifar(
         split,
@@ -376,7 +377,7 @@ SYNTHETIC_SIZES = {"train": 512, "test": 256}
 
 
 @IMAGE_DATASETS.register("synthetic")
-def load_synthetic(split: str, data_dir: str | None = None) -> ImageDataset:
+def load_synthetic(split: str, data_dir: str | None = None, data=None) -> ImageDataset:
     """Deterministic 3x32x32, 10-class data whose class sets the mean colour (for smoke tests)."""
     _check_split(split)
     del data_dir  # generated, never read from disk

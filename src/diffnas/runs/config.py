@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-IMAGE_DATASETS_FALLBACK = ("fashion_mnist", "cifar10", "cifar100", "synthetic")
+IMAGE_DATASETS_FALLBACK = ("fashion_mnist", "cifar10", "cifar100", "synthetic", "folder", "arrays")
 SPACES_FALLBACK = ("nb201", "darts", "s1", "s2", "s3", "s4")
 STRATEGIES_FALLBACK = ("darts",)
 ACTIVATIONS_FALLBACK = ("softmax",)
@@ -191,7 +191,27 @@ class DataConfig:
         choices=RegistryChoices("diffnas.data.images", "IMAGE_DATASETS", IMAGE_DATASETS_FALLBACK),
     )
     data_dir: str = setting(
-        "", "Directory holding the dataset files. Empty: the dataset's default location."
+        "",
+        "Directory holding the dataset files (`arrays`: the .npz file, or a directory with one). "
+        "Empty: the dataset's default location.",
+    )
+    image_size: int = setting(
+        0,
+        "`folder`: resize each image's shorter side to this and centre-crop it square; 0 keeps "
+        "the images' own size (which must then be the same for all).",
+        min=0,
+    )
+    holdout: float = setting(
+        0.1,
+        "`folder` without a val/ folder: the share of each class's training images held out "
+        "(seeded, the same on every run) as the test split.",
+        min=0,
+        below=1,
+    )
+    skip_bad_files: bool = setting(
+        False,
+        "`folder`: skip (and count, with a warning) image files that cannot be decoded or whose "
+        "channel count differs from the first image's, instead of stopping with an error.",
     )
     train_portion: float = setting(
         0.5,
@@ -533,9 +553,25 @@ class TrainConfig:
         20, "DARTS network: number of cells; reductions at 1/3 and 2/3 of the depth.", min=3
     )
     N: int = setting(5, "NB201 network: cells per stage (three stages).", min=1)
+    stem: str = setting(
+        "cifar",
+        "DARTS network: its stem. `cifar`: one 3x3 conv at full resolution (NetworkCIFAR); "
+        "`imagenet`: the mobile setting's three stride-2 3x3 convs, cells from 1/8 of the "
+        "input size (NetworkImageNet; configs/train_darts_imagenet.toml).",
+        choices=RegistryChoices("diffnas.spaces.darts_eval", "STEMS", ("cifar", "imagenet")),
+    )
     epochs: int = setting(600, "Training epochs.", min=1)
-    lr: float = setting(0.025, "Initial learning rate (SGD, cosine-annealed to `lr_min`).", min=0)
+    lr: float = setting(0.025, "Initial learning rate (SGD).", min=0)
+    lr_schedule: str = setting(
+        "cosine",
+        "Learning rate by epoch: `cosine` (annealed from `lr` to `lr_min`, the CIFAR recipes) or "
+        "`exponential` (`lr * lr_decay ** epoch`, the DARTS ImageNet recipe).",
+        choices=RegistryChoices("diffnas.train.image", "LR_SCHEDULES", ("cosine", "exponential")),
+    )
     lr_min: float = setting(0.0, "Final learning rate of the cosine schedule.", min=0)
+    lr_decay: float = setting(
+        0.97, "`exponential` schedule: factor per epoch.", min=0, max=1
+    )
     momentum: float = setting(0.9, "SGD momentum.", min=0, max=1)
     nesterov: bool = setting(False, "Nesterov momentum (the NB201 recipe uses it).")
     weight_decay: float = setting(3e-4, "Weight decay.", min=0)

@@ -102,7 +102,7 @@ SEARCH_TASKS: Registry = Registry("search task")
 @SEARCH_TASKS.register("image")
 def image_search_data(cfg, device: torch.device) -> SearchData:
     """The training images split into the weights' and the alphas' halves."""
-    ds = load_images(cfg.data.dataset, "train", cfg.data.data_dir or None)
+    ds = load_images(cfg.data.dataset, "train", cfg.data.data_dir or None, cfg.data)
     n = min(cfg.data.limit, len(ds)) if cfg.data.limit else len(ds)
     train_idx, val_idx = split_indices(n, train_portion(cfg.search, cfg.data.train_portion))
     if len(train_idx) == 0 or len(val_idx) == 0:

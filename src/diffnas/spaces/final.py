@@ -26,7 +26,13 @@ class FinalNetworkError(ValueError):
 def darts_network(genotype, cfg, in_channels: int, num_classes: int) -> DartsNetwork:
     """The DARTS evaluation network (stem, `cfg.layers` cells, auxiliary head, drop-path)."""
     return DartsNetwork(
-        genotype, cfg.C, cfg.layers, in_channels, num_classes, auxiliary=cfg.auxiliary_weight > 0
+        genotype,
+        cfg.C,
+        cfg.layers,
+        in_channels,
+        num_classes,
+        auxiliary=cfg.auxiliary_weight > 0,
+        stem=cfg.stem,
     )
 
 

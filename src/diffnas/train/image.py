@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffnas.data import Augment, EpochBatches, load_images
+from diffnas.registry import Registry
 from diffnas.runs import distributed, precision, tensorboard
 from diffnas.runs.nonfinite import NonFiniteGuard
 from diffnas.runs.progress import Progress
@@ -35,6 +36,11 @@ from diffnas.spaces.final import build_final_network, count_macs, count_params
 from diffnas.spaces.genotypes import genotype_to_json, load_genotype
 
 RESULT_FILE = "result.json"
+
+# `train.lr_schedule`: epoch -> learning rate, from the `[train]` section.
+LR_SCHEDULES: Registry = Registry("learning-rate schedule")
+LR_SCHEDULES.add("cosine", lambda epoch, cfg: cosine_lr(epoch, cfg.epochs, cfg.lr, cfg.lr_min))
+LR_SCHEDULES.add("exponential", lambda epoch, cfg: cfg.lr * cfg.lr_decay**epoch)
 
 
 class ImageTrainer:
@@ -51,8 +57,9 @@ class ImageTrainer:
         )
 
     def start_epoch(self, epoch: int) -> dict[str, float]:
-        """Set the epoch's learning rate (cosine) and drop-path rate (linear ramp)."""
-        lr = cosine_lr(epoch, self.cfg.epochs, self.cfg.lr, self.cfg.lr_min)
+        """Set the epoch's learning rate (`train.lr_schedule`) and drop-path rate (linear
+        ramp)."""
+        lr = LR_SCHEDULES.get(self.cfg.lr_schedule)(epoch, self.cfg)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         drop = self.cfg.drop_path * epoch / self.cfg.epochs
@@ -125,8 +132,8 @@ def train_image(
     dtype = getattr(torch, cfg.run.dtype)
     genotype = load_genotype(cfg.train.genotype)
     seed_everything(cfg.run.seed)
-    train_ds = load_images(cfg.data.dataset, "train", cfg.data.data_dir or None)
-    test_ds = load_images(cfg.data.dataset, "test", cfg.data.data_dir or None)
+    train_ds = load_images(cfg.data.dataset, "train", cfg.data.data_dir or None, cfg.data)
+    test_ds = load_images(cfg.data.dataset, "test", cfg.data.data_dir or None, cfg.data)
     n = min(cfg.data.limit, len(train_ds)) if cfg.data.limit else len(train_ds)
     distributed.check_batches({"train": n}, cfg.data.batch_size)
     memory_format = torch.channels_last if cfg.run.channels_last else torch.contiguous_format
