@@ -394,6 +394,32 @@ class SearchConfig:
         choices=RegistryChoices("diffnas.search.regularizers", "REGULARIZERS", ("none",)),
     )
     reg_rho: float = setting(0.1, "rho of the `prox` and `admm` regularisers.", min=0)
+    beta_lambda: float = setting(
+        50.0,
+        "`beta` regulariser (beta-DARTS): its weight at the end of the search; it ramps up "
+        "linearly from 0.",
+        min=0,
+    )
+    perturb: str = setting(
+        "none",
+        "SDARTS: the weight steps of a `darts` search train on perturbed edge weights. `random` "
+        "(SDARTS-RS): uniform noise of radius eps on every live weight; `adversarial` "
+        "(SDARTS-ADV): the worst weights within radius eps found by `perturb_steps` steps of "
+        "sign-gradient ascent on the training loss. Zero weights (pruned, projected or left-out "
+        "ops) stay zero.",
+        choices=RegistryChoices(
+            "diffnas.search.perturbations", "PERTURBATIONS", ("none", "random", "adversarial")
+        ),
+    )
+    perturb_epsilon: float = setting(
+        0.3, "SDARTS: the perturbation radius eps at the end of the search.", min=0, max=1
+    )
+    perturb_epsilon_start: float = setting(
+        0.03, "SDARTS: eps at the start; it grows linearly to `perturb_epsilon`.", min=0, max=1
+    )
+    perturb_steps: int = setting(
+        7, "SDARTS-ADV: steps of the projected sign-gradient ascent per weight step.", min=1
+    )
     admm_every: int = setting(10, "`admm`: alpha steps between updates of Z and U.", min=1)
     admm_gamma: float = setting(
         0.2,

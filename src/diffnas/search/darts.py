@@ -9,9 +9,10 @@ from torch import nn
 
 from diffnas.arch import ArchParameters
 from diffnas.runs import distributed
-from diffnas.search.architect import Architect
+from diffnas.search.architect import Architect, frozen
 from diffnas.search.growing import GROWERS
 from diffnas.search.objectives import ImageObjective, Objective, accuracy
+from diffnas.search.perturbations import PERTURBATIONS
 from diffnas.search.regularizers import REGULARIZERS, distance_to_discrete
 from diffnas.search.schedules import ALPHA_SCHEDULES
 
@@ -46,6 +47,8 @@ class DartsSearch:
         self.steps_per_epoch = max(steps_per_epoch, 1)
         self.schedule = ALPHA_SCHEDULES.get(cfg.alpha_schedule)(cfg)
         self.regularizer = REGULARIZERS.get(cfg.regularizer)(cfg, model, arch)
+        # search.perturb (SDARTS): its noise generator is seeded from the run's seed.
+        self.perturbation = PERTURBATIONS.get(cfg.perturb)(cfg, torch.initial_seed())
         self.distributed = distributed.is_distributed()
         self.w_optimizer = torch.optim.SGD(
             [p for p in model.parameters() if p.requires_grad],
@@ -107,6 +110,9 @@ class DartsSearch:
             val_loss = self.architect.step(train_batch, batch, xi=lr)
             self.regularizer.after_alpha_step()
         weights = {k: w.detach() for k, w in self.arch.weights().items()}
+        weights = self.perturbation(
+            weights, lambda w: self._attack_loss(w, train_batch), self.progress
+        )
         loss, out = self.objective.loss(
             self.model, weights, train_batch, role="train", advance=True, train_step=True
         )
@@ -145,6 +151,17 @@ class DartsSearch:
             metrics = dict(zip(metrics, t.tolist(), strict=True))
         return metrics
 
+    def _attack_loss(self, weights, batch) -> torch.Tensor:
+        """The training loss of `batch` at edge weights `weights`, the model in eval mode and its
+        weights frozen (SDARTS-ADV differentiates it by the edge weights only)."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with frozen(self.model):
+                return self.objective.loss(self.model, weights, batch, role="train")[0]
+        finally:
+            self.model.train(was_training)
+
     @torch.no_grad()
     def evaluate(self, batches) -> dict[str, float]:
         """The objective's valid_loss and valid_<headline> of the supernet over `batches`
@@ -171,6 +188,7 @@ class DartsSearch:
             "schedule": self.schedule.state_dict(),
             "regularizer": self.regularizer.state_dict(),
             "grower": self.grower.state_dict(),
+            "perturbation": self.perturbation.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -187,6 +205,7 @@ class DartsSearch:
         # whose fresh state is exact.
         self.schedule.load_state_dict(state.get("schedule", self.schedule.state_dict()))
         self.regularizer.load_state_dict(state.get("regularizer", self.regularizer.state_dict()))
+        self.perturbation.load_state_dict(state.get("perturbation", {}))
 
     @torch.no_grad()
     def arch_metrics(self) -> dict:

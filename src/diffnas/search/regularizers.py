@@ -6,6 +6,11 @@ genotype the space's derivation rule reads off w (`supernet.project(weights)`).
 
 - `prox`: (t/T) * (rho/2) * sum over cell types of ||w - P(w)||_F (the norm is not squared),
   with t/T the fraction of the search done, so it ramps up linearly from 0.
+- `beta` (beta-DARTS, Ye et al., CVPR 2022): lambda (t/T) * sum over cell types of the mean
+  over edges of logsumexp(alpha_e), over the live ops; its gradient, lambda (t/T) softmax(alpha)
+  / edges, decays every alpha by its share of the edge, which keeps the alphas' spread (and so
+  the softmax) from running away; as in its code, lambda = `search.beta_lambda` (50) ramps up
+  linearly from 0 over the search. Meant for `search.activation = softmax`.
 - `admm`: (rho/2) * sum ||(w - Z + U) * M||_F with a discrete copy Z (initialised to P(w) of
   the starting weights) and a scaled dual U (initialised to 0), M the pruning mask; every
   `admm_every` alpha steps Z <- P(w(alpha + U)) and U <- gamma * U + (alpha - Z), masked, as in
@@ -59,6 +64,21 @@ class ProximityRegularizer(NoRegularizer):
         with torch.no_grad():
             target = self.model.project(weights)
         return progress * self.rho / 2 * distance_to_discrete(weights, target)
+
+
+@REGULARIZERS.register("beta")
+class BetaDecayRegularizer(NoRegularizer):
+    """beta-DARTS' beta-decay: (t/T) lambda sum_cells mean_edges logsumexp(alpha_e)."""
+
+    def __init__(self, cfg, model, arch):
+        self.lam, self.arch = cfg.beta_lambda, arch
+
+    def penalty(self, progress: float) -> torch.Tensor:
+        masks, total = self.arch.masks(), 0.0
+        for k, a in self.arch.alphas().items():
+            live = a.masked_fill(masks[k] == 0, float("-inf"))
+            total = total + torch.logsumexp(live, dim=-1).mean()
+        return progress * self.lam * total
 
 
 @REGULARIZERS.register("admm")
