@@ -1,4 +1,4 @@
-"""SDARTS perturbations (search.perturb) and the beta-DARTS regulariser (search.regularizer=beta)."""
+"""SDARTS perturbations (search.perturb) and the beta-DARTS regulariser (search.regularizer)."""
 
 from __future__ import annotations
 
