@@ -1,7 +1,7 @@
 """Forecasting benchmark: exchange-rate under the LSTNet protocol and ETTh1 under the long-term
 protocol, for LSTM, GRU, the linear baseline, repeat-last-value and (with --genotype) a
 searched DARTS RNN cell, at every horizon; the published numbers (docs/METHODS.md
-section 6) beside ours.
+section 7) beside ours.
 
     python benchmarks/forecast.py [--out runs/bench-forecast] [--models lstm,gru,linear,repeat]
         [--genotype RUN_DIR_OR_NAME | --search-epochs N] [--datasets exchange,etth1]
@@ -62,7 +62,7 @@ SEARCH_CONFIG = REPO / "configs" / "darts_rnn_forecast.toml"
 # other values here (e.g. one linked in from another --out) is reused.
 HOW_NOT_WHAT = {"run.out", "run.threads", "run.progress", "run.tensorboard"}
 
-# Published references (docs/METHODS.md section 6): LSTNet paper Table 2, exchange-rate, RSE / CORR
+# Published references (docs/METHODS.md section 7): LSTNet paper Table 2, exchange-rate, RSE / CORR
 # at h = 3, 6, 12, 24.
 LSTNET_REFS = {
     "AR": ([0.0228, 0.0279, 0.0353, 0.0445], [0.9734, 0.9656, 0.9526, 0.9357]),

@@ -364,6 +364,40 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_random_search(args) -> int:
+    """`diffnas random-search`: sample, train standalone, keep the best by validation."""
+    from diffnas.runs.rundir import RunDir
+    from diffnas.search.random_search import run_random_search
+
+    if args.resume:
+        if args.set or args.config or args.out:
+            raise ConfigError("--resume uses the run's own config.toml; drop --config/--set/--out")
+        run = RunDir.open_existing(args.resume, "random_search")
+        cfg = run.read_config()
+    else:
+        overrides = list(args.set or [])
+        if args.out:
+            overrides.append(f"run.out={json.dumps(args.out)}")
+        default = str(resources.files("diffnas") / "configs" / "random_search.toml")
+        cfg = load_config(args.config or default, overrides)
+        run = _create_run(cfg, "random_search", kind=f"random-{cfg.space.name}")
+        print(f"run directory: {run.path}")
+    hooks = [h for h in [_nb201_hook()] if cfg.space.name == "nb201" and h]
+    t0 = time.perf_counter()
+    with _started(run, args):
+        genotype = run_random_search(cfg, run, resume=bool(args.resume), hooks=hooks)
+    print(
+        f"\nrandom search finished in {time.perf_counter() - t0:.0f}s; best by validation "
+        f"accuracy: {genotype}"
+    )
+    print(f"written to {Path(run.path) / 'genotype.json'}")
+    if hooks:
+        from diffnas.bench import describe
+
+        print(describe(str(run.path)))
+    return 0
+
+
 def cmd_select(args) -> int:
     """`diffnas select RUN_DIR --method ...`: turn a finished search's supernet into a genotype."""
     from diffnas.select import open_select_dir, run_select
@@ -458,6 +492,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--vocab", type=int, default=10000, help="RNN genotypes: vocabulary size (default PTB's)"
     )
     i.set_defaults(func=cmd_info)
+
+    rs = sub.add_parser(
+        "random-search",
+        help="the random-search baseline: sample architectures, train each standalone, keep "
+        "the best by validation accuracy",
+    )
+    rs.add_argument(
+        "--config", help="TOML config (default: the embedded NB201 / Fashion-MNIST baseline)"
+    )
+    rs.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key")
+    rs.add_argument("--out", help="run directory (default runs/random-<space>-<data>-<time>)")
+    rs.add_argument("--resume", metavar="RUN_DIR", help="resume the random search in RUN_DIR")
+    rs.set_defaults(func=cmd_random_search)
 
     e = sub.add_parser("export", help="write a genotype's final network as a file")
     e.add_argument("source", help="a `diffnas train` run directory, or a genotype as for train")

@@ -394,6 +394,18 @@ class SearchConfig:
         choices=RegistryChoices("diffnas.search.regularizers", "REGULARIZERS", ("none",)),
     )
     reg_rho: float = setting(0.1, "rho of the `prox` and `admm` regularisers.", min=0)
+    random_samples: int = setting(
+        16,
+        "`diffnas random-search`: architectures drawn uniformly from the space, each trained "
+        "from scratch and scored on the validation half.",
+        min=1,
+    )
+    random_epochs: int = setting(
+        4,
+        "`diffnas random-search`: training epochs of each sampled architecture (the `[train]` "
+        "recipe otherwise, its schedule over these epochs).",
+        min=1,
+    )
     beta_lambda: float = setting(
         50.0,
         "`beta` regulariser (beta-DARTS): its weight at the end of the search; it ramps up "

@@ -60,6 +60,7 @@ class CheckpointError(RunDirError):
 RUN_KINDS = {
     "search": ("a search", "diffnas search --resume {path}"),
     "train": ("a final training", "diffnas train --resume {path}"),
+    "random_search": ("a random search", "diffnas random-search --resume {path}"),
     "select": ("a selection", "diffnas select {search} --method {method} --resume --out {path}"),
 }
 
