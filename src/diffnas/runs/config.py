@@ -332,7 +332,11 @@ class SearchConfig:
         "How architecture parameters become edge weights: `softmax` over each edge's ops "
         "(DARTS), or `clip` (DARTS-PRIME: w = clip(alpha, 0, 1) per op, alphas start at 1/|O|, "
         "no `none` op, and an op whose alpha reaches 0 is pruned for good, so the supernet "
-        "gets cheaper as the search goes).",
+        "gets cheaper as the search goes), `gumbel` (GDAS: every step trains one op per edge, "
+        "a one-hot Gumbel-softmax sample with straight-through gradients, temperature "
+        "`gumbel_tau_max` to `gumbel_tau_min`) or `dirichlet` (DrNAS: every step's weights are "
+        "drawn from Dirichlet(elu(alpha) + 1), reparameterised); the last two search first "
+        "order and derive and evaluate from the deterministic weights.",
         choices=RegistryChoices("diffnas.arch", "ACTIVATIONS", ACTIVATIONS_FALLBACK),
     )
     unrolled_eps: float = setting(
@@ -411,6 +415,12 @@ class SearchConfig:
         "`beta` regulariser (beta-DARTS): its weight at the end of the search; it ramps up "
         "linearly from 0.",
         min=0,
+    )
+    gumbel_tau_max: float = setting(
+        10.0, "`gumbel` activation (GDAS): the Gumbel-softmax temperature at the start.", min=0
+    )
+    gumbel_tau_min: float = setting(
+        0.1, "`gumbel` activation (GDAS): the temperature at the end (linear decay).", min=0
     )
     perturb: str = setting(
         "none",

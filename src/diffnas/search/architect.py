@@ -84,9 +84,12 @@ class Architect:
         grad_reduce: GradReduce | None = None,
         penalty: Callable[[], torch.Tensor | None] | None = None,
         virtual_clip: float = 0.0,
+        weights: Callable[[], dict[str, torch.Tensor]] | None = None,
     ):
         if order not in (1, 2):
             raise ValueError(f"order must be 1 or 2, got {order}")
+        # The edge weights of an alpha step's pass (drawn anew per pass by GDAS and DrNAS).
+        self.edge_weights = weights or arch.weights
         self.model, self.arch, self.loss_fn, self.order = model, arch, loss_fn, order
         self.objective = loss_fn if isinstance(loss_fn, Objective) else ImageObjective(loss_fn)
         self.virtual_clip = virtual_clip
@@ -130,7 +133,7 @@ class Architect:
             def forward(*args, **kwargs):
                 return functional_call(self.model, values, args, kwargs)
 
-        return self.objective.loss(forward, self.arch.weights(), batch, role, advance)[0]
+        return self.objective.loss(forward, self.edge_weights(), batch, role, advance)[0]
 
     def second_order_grads(self, train_batch, val_batch, xi: float):
         """(L_val(w'), d/dalpha L_val(w'(alpha), alpha)) with the finite-difference HVP."""

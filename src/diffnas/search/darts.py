@@ -9,6 +9,7 @@ from torch import nn
 
 from diffnas.arch import ArchParameters
 from diffnas.runs import distributed
+from diffnas.runs.config import ConfigError
 from diffnas.search.architect import Architect, frozen
 from diffnas.search.growing import GROWERS
 from diffnas.search.objectives import ImageObjective, Objective, accuracy
@@ -49,6 +50,15 @@ class DartsSearch:
         self.regularizer = REGULARIZERS.get(cfg.regularizer)(cfg, model, arch)
         # search.perturb (SDARTS): its noise generator is seeded from the run's seed.
         self.perturbation = PERTURBATIONS.get(cfg.perturb)(cfg, torch.initial_seed())
+        # Sampling activations (gumbel, dirichlet) draw each step's edge weights from their own
+        # generator (saved with the strategy); the finite-difference Hessian of the second order
+        # needs one fixed set of weights, so they search first order.
+        self.sample_gen = torch.Generator().manual_seed((torch.initial_seed() + 1) % 2**63)
+        if arch.samples and cfg.order == 2:
+            raise ConfigError(
+                f"search.activation = {cfg.activation!r} samples the edge weights of every step; "
+                "use search.order = 1"
+            )
         self.distributed = distributed.is_distributed()
         self.w_optimizer = torch.optim.SGD(
             [p for p in model.parameters() if p.requires_grad],
@@ -73,6 +83,7 @@ class DartsSearch:
             grad_reduce=distributed.all_reduce_mean if self.distributed else None,
             penalty=lambda: self.regularizer.penalty(self.progress),
             virtual_clip=cfg.grad_clip if self.objective.clip_virtual_step else 0.0,
+            weights=self.step_weights,
         )
         self.epoch, self.lr = 0, cfg.w_lr
         self.epoch_step = 0  # steps taken in the current epoch
@@ -109,7 +120,7 @@ class DartsSearch:
             batch = val_batch() if callable(val_batch) else val_batch
             val_loss = self.architect.step(train_batch, batch, xi=lr)
             self.regularizer.after_alpha_step()
-        weights = {k: w.detach() for k, w in self.arch.weights().items()}
+        weights = {k: w.detach() for k, w in self.step_weights().items()}
         weights = self.perturbation(
             weights, lambda w: self._attack_loss(w, train_batch), self.progress
         )
@@ -151,6 +162,11 @@ class DartsSearch:
             metrics = dict(zip(metrics, t.tolist(), strict=True))
         return metrics
 
+    def step_weights(self) -> dict[str, torch.Tensor]:
+        """The edge weights of one pass of a search step: drawn by a sampling activation (GDAS,
+        DrNAS), else the alphas' deterministic weights."""
+        return self.arch.sampled_weights(self.sample_gen, self.progress, self.cfg)
+
     def _attack_loss(self, weights, batch) -> torch.Tensor:
         """The training loss of `batch` at edge weights `weights`, the model in eval mode and its
         weights frozen (SDARTS-ADV differentiates it by the edge weights only)."""
@@ -189,6 +205,7 @@ class DartsSearch:
             "regularizer": self.regularizer.state_dict(),
             "grower": self.grower.state_dict(),
             "perturbation": self.perturbation.state_dict(),
+            "sample_generator": self.sample_gen.get_state(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -206,6 +223,8 @@ class DartsSearch:
         self.schedule.load_state_dict(state.get("schedule", self.schedule.state_dict()))
         self.regularizer.load_state_dict(state.get("regularizer", self.regularizer.state_dict()))
         self.perturbation.load_state_dict(state.get("perturbation", {}))
+        if "sample_generator" in state:
+            self.sample_gen.set_state(state["sample_generator"])
 
     @torch.no_grad()
     def arch_metrics(self) -> dict:
