@@ -103,3 +103,26 @@ def test_sampling_activations_refuse_second_order(tmp_path):
     cfg = load_config(None, [*TINY, "search.activation=gumbel", "search.order=2"])
     with pytest.raises(ConfigError, match="search.order = 1"):
         run_search(cfg, RunDir(tmp_path / "r").create(cfg), log=lambda s: None)
+
+
+def test_gdas_forward_runs_exactly_the_sampled_op_of_every_edge(space_cfg):
+    from helpers import conv_counter
+
+    from diffnas.spaces import build_supernet
+
+    torch.manual_seed(0)
+    model = build_supernet(space_cfg("nb201", C=4, N=1), 3, 10)
+    arch = ArchParameters(model.arch_shapes(), "gumbel", 1.0, torch.Generator().manual_seed(3))
+    x = torch.randn(2, 3, 8, 8)
+    for seed in range(4):
+        w = arch.sampled_weights(torch.Generator().manual_seed(seed), 0.5, CFG)
+        chosen = [model.op_names[i] for i in w["cell"].argmax(-1).tolist()]
+        convs_per_cell = sum(op.startswith("nor_conv") for op in chosen)
+        cells = sum(type(m).__name__ == "SearchCell" for m in model.modules())
+        with conv_counter(model) as calls:
+            model(x, w)
+        # The stem and the two residual reduction blocks' convs, plus one conv per sampled
+        # conv edge of each search cell: no other op of any edge runs.
+        with conv_counter(model) as base:
+            model(x, {"cell": torch.zeros_like(w["cell"])})
+        assert calls[0] - base[0] == convs_per_cell * cells, chosen

@@ -156,3 +156,12 @@ def test_perturbation_changes_the_training_and_pt_selects_on_an_sdarts_supernet(
     ]
     assert main(sel) == 0
     assert (out / "select-perturbation" / "genotype.json").is_file()
+
+
+def test_random_noise_is_uniform_in_the_configured_ball():
+    cfg = SearchConfig(perturb="random", perturb_epsilon=0.2, perturb_epsilon_start=0.2)
+    rs = PERTURBATIONS.get("random")(cfg, seed=0)
+    noise = rs._noise(torch.zeros(200, 500), rs.epsilon(0.0))
+    assert float(noise.abs().max()) <= 0.2 and float(noise.abs().max()) > 0.199
+    assert abs(float(noise.mean())) < 2e-3
+    assert float(noise.var()) == pytest.approx(0.2**2 / 3, rel=0.02)
