@@ -332,6 +332,10 @@ def test_nb201_rule_argmax_including_none():
     w[5, NB201_OPS.index("nor_conv_3x3")] = 0.5  # tie with `none` on edge 5
     g = NB201SuperNet(C=4, N=1).genotype({"cell": w})
     assert g == NB201Genotype(tuple(picks))
+    # space.derive_none = false: the best op other than `none` (DARTS' rule on its space).
+    strict = NB201SuperNet(C=4, N=1, derive_none=False).genotype({"cell": w})
+    assert strict.ops[1:5] == g.ops[1:5] and strict.ops[0] == "skip_connect"
+    assert strict.ops[5] == "nor_conv_3x3"
 
 
 def test_s1_genotype_uses_per_edge_op_names(space_cfg):

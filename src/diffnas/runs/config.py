@@ -258,6 +258,12 @@ class SpaceConfig:
     stem_multiplier: int = setting(
         3, "Output channels of the stem convolution, as a multiple of `C`.", min=1
     )
+    derive_none: bool = setting(
+        True,
+        "NAS-Bench-201: the derivation's argmax per edge includes `none`, as the NB201 authors' "
+        "code does; false leaves it out, as DARTS does on its own space (a disconnected cell "
+        "then cannot be derived).",
+    )
     node_bn: bool = setting(
         False,
         "A BatchNorm without affine after each intermediate node's sum (DARTS-PRIME's statebn, "

@@ -25,7 +25,13 @@ def _ops(names, drop_none: bool) -> tuple[str, ...]:
 def nb201(cfg, in_channels: int, num_classes: int, drop_none: bool = False) -> NB201SuperNet:
     """The NAS-Bench-201 supernet."""
     return NB201SuperNet(
-        cfg.C, cfg.N, in_channels, num_classes, _ops(NB201_OPS, drop_none), cfg.node_bn
+        cfg.C,
+        cfg.N,
+        in_channels,
+        num_classes,
+        _ops(NB201_OPS, drop_none),
+        cfg.node_bn,
+        cfg.derive_none,
     )
 
 

@@ -103,8 +103,18 @@ class _Macro(nn.Module):
 class NB201SuperNet(_Macro):
     """The NB201 supernet. forward(x, weights) with weights = {"cell": [6, n_ops]}."""
 
-    def __init__(self, C=16, N=5, in_channels=3, num_classes=10, op_names=NB201_OPS, node_bn=False):
+    def __init__(
+        self,
+        C=16,
+        N=5,
+        in_channels=3,
+        num_classes=10,
+        op_names=NB201_OPS,
+        node_bn=False,
+        derive_none=True,
+    ):
         self.op_names = tuple(op_names)
+        self.derive_none = derive_none
         super().__init__(
             lambda c: SearchCell(c, self.op_names, node_bn), C, N, in_channels, num_classes
         )
@@ -122,10 +132,15 @@ class NB201SuperNet(_Macro):
         return self.head(x)
 
     def genotype(self, weights: dict[str, torch.Tensor]) -> NB201Genotype:
-        """The NB201 derivation rule: argmax op per edge (`none` included, as NB201 does); an
-        edge whose weights are all zero (every op pruned) is `none`."""
+        """The NB201 derivation rule: argmax op per edge (`none` included, as the NB201 code
+        does, unless `derive_none` is false); an edge whose weights are all zero (every op
+        pruned) is `none`."""
         w = weights["cell"]
-        idx = w.argmax(dim=-1).tolist()
+        ranked = w
+        if not self.derive_none and "none" in self.op_names:
+            ranked = w.clone()
+            ranked[:, self.op_names.index("none")] = -torch.inf
+        idx = ranked.argmax(dim=-1).tolist()
         dead = (w.amax(dim=-1) <= 0).tolist()
         return NB201Genotype(
             tuple("none" if d else self.op_names[i] for i, d in zip(idx, dead, strict=True))
