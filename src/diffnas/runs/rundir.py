@@ -2,8 +2,8 @@
 
 Layout of a run directory:
 
-- `run.json`: what kind of run this is (`search`, `train` or `select`, see RUN_KINDS), so that
-  every command can refuse a directory of another kind;
+- `run.json`: what kind of run this is (`search`, `train`, `select`, `random_search`: RUN_KINDS),
+  so that every command can refuse a directory of another kind;
 - `config.toml`: the resolved config of the run;
 - `metrics.jsonl`: one JSON object per logged step or epoch;
 - `genotypes.jsonl`: the genotype after each epoch;
