@@ -131,10 +131,15 @@ def test_a_searched_cell_core_gets_the_genotype():
 
 
 def test_lr_schedules():
-    get = fc.LR_SCHEDULES.get
-    assert [get("halve")(e, 10, 0.008, 0.0) for e in range(4)] == [0.008, 0.004, 0.002, 0.001]
-    assert get("constant")(7, 10, 0.1, 0.0) == 0.1
-    assert get("cosine")(0, 10, 0.1, 0.0) == 0.1 and get("cosine")(10, 10, 0.1, 0.0) == 0.0
+    from diffnas.runs.config import TrainConfig
+    from diffnas.runs.schedules import LR_SCHEDULES
+
+    get = LR_SCHEDULES.get
+    t = TrainConfig(epochs=10, lr=0.008, lr_min=0.0, lr_decay=0.97)
+    assert [get("halve")(e, t) for e in range(4)] == [0.008, 0.004, 0.002, 0.001]
+    assert get("exponential")(2, t) == pytest.approx(0.008 * 0.97**2)
+    assert get("constant")(7, t) == 0.008
+    assert get("cosine")(0, t) == 0.008 and get("cosine")(10, t) == 0.0
 
 
 def test_genotype_mismatch_is_a_config_error():

@@ -620,7 +620,7 @@ class TrainConfig:
         "cosine",
         "Learning rate by epoch: `cosine` (annealed from `lr` to `lr_min`, the CIFAR recipes) or "
         "`exponential` (`lr * lr_decay ** epoch`, the DARTS ImageNet recipe).",
-        choices=RegistryChoices("diffnas.train.image", "LR_SCHEDULES", ("cosine", "exponential")),
+        choices=RegistryChoices("diffnas.runs.schedules", "LR_SCHEDULES", ("cosine",)),
     )
     lr_min: float = setting(0.0, "Final learning rate of the cosine schedule.", min=0)
     lr_decay: float = setting(
@@ -835,7 +835,7 @@ class ForecastConfig:
         "Learning rate per epoch: `constant` (LSTNet), `cosine` to `train.lr_min`, or `halve` "
         "(lr / 2^epoch, the long-term codebases' lradj type1).",
         choices=RegistryChoices(
-            "diffnas.train.forecast", "LR_SCHEDULES", ("constant", "cosine", "halve")
+            "diffnas.runs.schedules", "LR_SCHEDULES", ("constant", "cosine", "halve")
         ),
     )
     patience: int = setting(

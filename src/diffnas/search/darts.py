@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from diffnas.arch import ArchParameters
 from diffnas.runs import distributed
 from diffnas.runs.config import ConfigError
+from diffnas.runs.schedules import cosine_lr
 from diffnas.search.architect import Architect, frozen
 from diffnas.search.growing import GROWERS
 from diffnas.search.objectives import ImageObjective, Objective, accuracy
@@ -18,11 +17,6 @@ from diffnas.search.regularizers import REGULARIZERS, distance_to_discrete
 from diffnas.search.schedules import ALPHA_SCHEDULES
 
 __all__ = ["DartsSearch", "accuracy", "cosine_lr"]
-
-
-def cosine_lr(epoch: int, epochs: int, lr: float, lr_min: float) -> float:
-    """Cosine annealing from lr (epoch 0) towards lr_min, as torch's CosineAnnealingLR."""
-    return lr_min + (lr - lr_min) * (1 + math.cos(math.pi * epoch / epochs)) / 2
 
 
 class DartsSearch:

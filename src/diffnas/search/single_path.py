@@ -41,7 +41,7 @@ from torch import nn
 from diffnas.arch import ArchParameters
 from diffnas.registry import Registry
 from diffnas.runs import distributed
-from diffnas.search.darts import cosine_lr
+from diffnas.runs.schedules import cosine_lr
 from diffnas.search.objectives import ImageObjective, Objective
 from diffnas.spaces.darts_cnn import DartsSuperNet, edge_list
 from diffnas.spaces.darts_rnn import DartsRNNSuperNet, edge_offset

@@ -50,6 +50,7 @@ from diffnas.runs.nonfinite import NonFiniteGuard
 from diffnas.runs.progress import Progress
 from diffnas.runs.rng import capture_rng, seed_everything
 from diffnas.runs.rundir import resume_trainer
+from diffnas.runs.schedules import LR_SCHEDULES
 from diffnas.spaces.forecaster import ForecastShape, RecurrentForecaster, predict
 from diffnas.spaces.recurrent import RECURRENT_CORES, build_core, core_hint, takes_genotype
 
@@ -170,7 +171,7 @@ def build_forecaster(fcfg, shape: ForecastShape, genotype=None) -> nn.Module:
 # ----------------------------------------------------------------------------- training pieces
 
 
-# train/ must not depend on search/, so these three small helpers live here.
+# train/ must not depend on search/, so these two small helpers live here.
 def resolve_device(name: str) -> torch.device:
     """`auto` picks CUDA when available."""
     if name == "auto":
@@ -185,11 +186,6 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7) % 2**63
 
 
-def cosine_lr(epoch: int, epochs: int, lr: float, lr_min: float) -> float:
-    """Cosine annealing from lr (epoch 0) towards lr_min, as torch's CosineAnnealingLR."""
-    return lr_min + (lr - lr_min) * (1 + math.cos(math.pi * epoch / epochs)) / 2
-
-
 OPTIMIZERS: Registry = Registry("optimizer")
 OPTIMIZERS.add(
     "adam", lambda params, t: torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
@@ -201,10 +197,6 @@ OPTIMIZERS.add(
     ),
 )
 
-LR_SCHEDULES: Registry[Callable[[int, int, float, float], float]] = Registry("lr schedule")
-LR_SCHEDULES.add("constant", lambda epoch, epochs, lr, lr_min: lr)
-LR_SCHEDULES.add("cosine", cosine_lr)
-LR_SCHEDULES.add("halve", lambda epoch, epochs, lr, lr_min: lr * 0.5**epoch)
 
 
 def train_batches(
@@ -247,7 +239,7 @@ class ForecastTrainer:
     def start_epoch(self, epoch: int) -> dict[str, float]:
         """Set the epoch's learning rate from `forecast.lr_schedule`."""
         t = self.cfg.train
-        lr = LR_SCHEDULES.get(self.cfg.forecast.lr_schedule)(epoch, t.epochs, t.lr, t.lr_min)
+        lr = LR_SCHEDULES.get(self.cfg.forecast.lr_schedule)(epoch, t)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         return {"lr": lr}

@@ -23,13 +23,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffnas.data import Augment, EpochBatches, load_images
-from diffnas.registry import Registry
 from diffnas.runs import distributed, precision, tensorboard
 from diffnas.runs.nonfinite import NonFiniteGuard
 from diffnas.runs.progress import Progress
 from diffnas.runs.rng import capture_rng, seed_everything
 from diffnas.runs.rundir import resume_trainer
-from diffnas.search.darts import accuracy, cosine_lr
+from diffnas.runs.schedules import LR_SCHEDULES
+from diffnas.search.darts import accuracy
 from diffnas.search.loop import epoch_seed, resolve_device
 from diffnas.search.objectives import classification_scores
 from diffnas.spaces.final import build_final_network, count_macs, count_params
@@ -37,10 +37,6 @@ from diffnas.spaces.genotypes import genotype_to_json, load_genotype
 
 RESULT_FILE = "result.json"
 
-# `train.lr_schedule`: epoch -> learning rate, from the `[train]` section.
-LR_SCHEDULES: Registry = Registry("learning-rate schedule")
-LR_SCHEDULES.add("cosine", lambda epoch, cfg: cosine_lr(epoch, cfg.epochs, cfg.lr, cfg.lr_min))
-LR_SCHEDULES.add("exponential", lambda epoch, cfg: cfg.lr * cfg.lr_decay**epoch)
 
 
 class ImageTrainer:
