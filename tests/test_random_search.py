@@ -56,7 +56,7 @@ def test_best_by_validation_never_the_test_split_and_exact_resume(tmp_path, monk
         assert split == "train", "random search read the test split"
         return real(name, split, *args, **kw)
 
-    monkeypatch.setattr("diffnas.search.random_search.load_images", no_test)
+    monkeypatch.setattr("diffnas.search.loop.load_images", no_test)
     cfg = load_config(None, [*TINY, f"run.out={tmp_path / 'a'}"])
     best = run_random_search(cfg, RunDir(tmp_path / "a").create(cfg), log=lambda s: None)
     recs = _records(tmp_path / "a")

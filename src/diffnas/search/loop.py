@@ -99,9 +99,9 @@ class SearchData:
 SEARCH_TASKS: Registry = Registry("search task")
 
 
-@SEARCH_TASKS.register("image")
-def image_search_data(cfg, device: torch.device) -> SearchData:
-    """The training images split into the weights' and the alphas' halves."""
+def image_split(cfg):
+    """The search's split of the training images: (dataset, indices of the weights' half, of
+    the validation half, the training augmentation or None)."""
     ds = load_images(cfg.data.dataset, "train", cfg.data.data_dir or None, cfg.data)
     n = min(cfg.data.limit, len(ds)) if cfg.data.limit else len(ds)
     train_idx, val_idx = split_indices(n, train_portion(cfg.search, cfg.data.train_portion))
@@ -116,6 +116,13 @@ def image_search_data(cfg, device: torch.device) -> SearchData:
         if cfg.data.augment
         else None
     )
+    return ds, train_idx, val_idx, aug
+
+
+@SEARCH_TASKS.register("image")
+def image_search_data(cfg, device: torch.device) -> SearchData:
+    """The training images split into the weights' and the alphas' halves."""
+    ds, train_idx, val_idx, aug = image_split(cfg)
     bs = cfg.data.batch_size
     distributed.check_batches({"train": len(train_idx), "val": len(val_idx)}, bs)
     # As in DARTS, the val half feeds the alpha steps with the same augmentation as training.

@@ -19,10 +19,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from diffnas.data import Augment, EpochBatches, load_images, split_indices
+from diffnas.data import EpochBatches
 from diffnas.runs.config import ConfigError
 from diffnas.runs.rng import seed_everything
-from diffnas.search.loop import epoch_seed, resolve_device, search_task, train_portion
+from diffnas.search.loop import epoch_seed, image_split, resolve_device, search_task
 from diffnas.search.single_path import path_codec
 from diffnas.spaces import build_supernet
 from diffnas.spaces.final import build_final_network, check_final_config, count_params
@@ -39,19 +39,7 @@ def sample_genotypes(cfg, in_channels: int, num_classes: int, n: int) -> list:
 
 def _halves(cfg, device):
     """The search's split of the training images: (dataset, weight half, validation half)."""
-    ds = load_images(cfg.data.dataset, "train", cfg.data.data_dir or None, cfg.data)
-    n = min(cfg.data.limit, len(ds)) if cfg.data.limit else len(ds)
-    train_idx, val_idx = split_indices(n, train_portion(cfg.search, cfg.data.train_portion))
-    if len(train_idx) == 0 or len(val_idx) == 0:
-        raise ConfigError(
-            f"data.limit = {cfg.data.limit} with data.train_portion = {cfg.data.train_portion} "
-            "leaves an empty train or validation half; raise data.limit"
-        )
-    aug = (
-        Augment(ds.mean, ds.std, pad=4, flip=True, cutout=cfg.data.cutout)
-        if cfg.data.augment
-        else None
-    )
+    ds, train_idx, val_idx, aug = image_split(cfg)
     train = EpochBatches(ds, train_idx, cfg.data.batch_size, aug, True, device)
     val = EpochBatches(ds, val_idx, cfg.data.eval_batch_size, None, False, device)
     return ds, train, val
@@ -63,17 +51,16 @@ def train_candidate(cfg, genotype, ds, train, val, seed: int) -> dict:
     from diffnas.train.image import ImageTrainer
 
     seed_everything(seed)
-    epochs = cfg.search.random_epochs
+    epochs, dtype = cfg.search.random_epochs, getattr(torch, cfg.run.dtype)
     train_cfg = dataclasses.replace(cfg.train, epochs=epochs)
     model = build_final_network(genotype, train_cfg, ds.in_channels, ds.num_classes)
-    model = model.to(getattr(torch, cfg.run.dtype))
-    trainer = ImageTrainer(model, train_cfg, cfg.run.autocast)
+    trainer = ImageTrainer(model.to(dtype), train_cfg, cfg.run.autocast)
     t0 = time.perf_counter()
     for epoch in range(epochs):
         trainer.start_epoch(epoch)
         for x, y in train.epoch(epoch_seed(seed, epoch, 0)):
-            trainer.step(x.to(getattr(torch, cfg.run.dtype)), y)
-    scores = trainer.evaluate((x.to(getattr(torch, cfg.run.dtype)), y) for x, y in val.epoch(0))
+            trainer.step(x.to(dtype), y)
+    scores = trainer.evaluate((x.to(dtype), y) for x, y in val.epoch(0))
     return {
         "valid_loss": scores["test_loss"],  # the trainer names its held-out split "test"
         "valid_acc": scores["test_acc"],
