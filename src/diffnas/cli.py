@@ -91,24 +91,34 @@ def _started(run, args):
         raise
 
 
+def _resumed_run(args, kind: str):
+    """(run, config) of `--resume RUN_DIR` for a run of `kind`, which takes its own config."""
+    from diffnas.runs.rundir import RunDir
+
+    if args.set or args.config or args.out:
+        raise ConfigError("--resume uses the run's own config.toml; drop --config/--set/--out")
+    run = RunDir.open_existing(args.resume, kind)
+    return run, run.read_config()
+
+
+def _new_config(args, default: str):
+    """The config of a new run: --config (else `default`), --set, and --out as run.out."""
+    overrides = list(args.set or [])
+    if args.out:
+        overrides.append(f"run.out={json.dumps(args.out)}")
+    return load_config(args.config or default, overrides)
+
+
 def cmd_search(args) -> int:
     """`diffnas search`: run or resume a search (under torchrun: one process per rank)."""
     from diffnas.runs import distributed
-    from diffnas.runs.rundir import RunDir
     from diffnas.search.loop import resolve_device, run_search, search_task
 
     if args.resume:
-        if args.set or args.config or args.out:
-            raise ConfigError("--resume uses the run's own config.toml; drop --config/--set/--out")
-        run = RunDir.open_existing(args.resume, "search")
-        cfg = run.read_config()
+        run, cfg = _resumed_run(args, "search")
         distributed.init_from_env(resolve_device(cfg.run.device))
     else:
-        cfg_path = args.config or _quickstart_config()
-        overrides = list(args.set or [])
-        if args.out:
-            overrides.append(f"run.out={json.dumps(args.out)}")
-        cfg = load_config(cfg_path, overrides)
+        cfg = _new_config(args, _quickstart_config())
         distributed.init_from_env(resolve_device(cfg.run.device))
         run = _create_run(cfg, "search", dataset=_data_label(cfg, search_task(cfg)))
         if distributed.is_main():
@@ -366,20 +376,13 @@ def cmd_sweep(args) -> int:
 
 def cmd_random_search(args) -> int:
     """`diffnas random-search`: sample, train standalone, keep the best by validation."""
-    from diffnas.runs.rundir import RunDir
     from diffnas.search.random_search import run_random_search
 
     if args.resume:
-        if args.set or args.config or args.out:
-            raise ConfigError("--resume uses the run's own config.toml; drop --config/--set/--out")
-        run = RunDir.open_existing(args.resume, "random_search")
-        cfg = run.read_config()
+        run, cfg = _resumed_run(args, "random_search")
     else:
-        overrides = list(args.set or [])
-        if args.out:
-            overrides.append(f"run.out={json.dumps(args.out)}")
         default = str(resources.files("diffnas") / "configs" / "random_search.toml")
-        cfg = load_config(args.config or default, overrides)
+        cfg = _new_config(args, default)
         run = _create_run(cfg, "random_search", kind=f"random-{cfg.space.name}")
         print(f"run directory: {run.path}")
     hooks = [h for h in [_nb201_hook()] if cfg.space.name == "nb201" and h]
