@@ -116,6 +116,10 @@ def _holdout(files: dict[str, list[Path]], share: float, seed: int, split: str):
 
 
 HOLDOUT_SEED = 20261203
+# Mean and std of each folder's training split, by (its files with their sizes and times,
+# image_size, skip_bad_files, holdout):
+# loading the test split after the training one (as every training does) decodes no image twice.
+_TRAIN_STATS: dict[tuple, tuple[tuple[float, ...], tuple[float, ...]]] = {}
 
 
 @IMAGE_DATASETS.register("folder")
@@ -176,8 +180,15 @@ def load_folder(split: str, data_dir: str | None = None, data=None) -> ImageData
     x = torch.from_numpy(np.stack(images))
     y = torch.tensor(labels, dtype=torch.int64)
     # Normalisation statistics are always those of the training images.
-    stats_x = x if split == "train" else load_folder("train", data_dir, data).x
-    mean, std = _stats(stats_x)
+    listing = tuple(
+        (str(p), p.stat().st_size, p.stat().st_mtime_ns) for ps in train_files.values() for p in ps
+    )
+    key = (listing, size, skip, _setting(data, "holdout", 0.1))
+    if split == "train":
+        _TRAIN_STATS[key] = _stats(x)
+    elif key not in _TRAIN_STATS:
+        load_folder("train", data_dir, data)
+    mean, std = _TRAIN_STATS[key]
     return ImageDataset(x, y, len(classes), mean, std, f"folder {root}")
 
 
