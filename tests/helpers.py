@@ -135,3 +135,43 @@ def torchrun(command: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     cmd += ["-m", "diffnas", command, *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+# A tiny NB201 search on synthetic images (3 epochs of 3 weight steps): the base settings of the
+# strategy tests.
+TINY_NB201_SEARCH = [
+    "space.name=nb201",
+    "space.C=4",
+    "space.N=1",
+    "data.dataset=synthetic",
+    "data.limit=48",
+    "data.batch_size=8",
+    "search.epochs=3",
+    "run.threads=1",
+    "run.progress=false",
+    "run.tensorboard=false",
+]
+
+
+def log_records(path: Path) -> list[dict]:
+    """The records of a run's JSON-lines log without their wall-clock fields."""
+    import json
+
+    recs = [json.loads(x) for x in path.read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("time", "epoch_time_s")} for r in recs]
+
+
+def search_and_resumed_search(tmp_path: Path, settings: list[str], stop_after: int = 1):
+    """A search run through in tmp_path/a, and the same search stopped after `stop_after`
+    epochs in tmp_path/b and resumed there: the two final genotypes as text."""
+    from diffnas.runs.config import load_config
+    from diffnas.runs.rundir import RunDir
+    from diffnas.search.loop import run_search
+
+    cfg = load_config(None, [*settings, f"run.out={tmp_path / 'a'}"])
+    done = run_search(cfg, RunDir(tmp_path / "a").create(cfg), log=lambda s: None)
+    cfg = load_config(None, [*settings, f"run.out={tmp_path / 'b'}"])
+    run_search(cfg, RunDir(tmp_path / "b").create(cfg), log=lambda s: None, stop_after=stop_after)
+    run = RunDir.open_existing(tmp_path / "b")
+    resumed = run_search(run.read_config(), run, resume=True, log=lambda s: None)
+    return str(done), str(resumed)

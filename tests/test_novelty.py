@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
+from helpers import log_records, search_and_resumed_search
 
 from diffnas.runs.config import ConfigError, SearchConfig, load_config
 from diffnas.runs.rundir import RunDir
-from diffnas.search.loop import run_search
 from diffnas.search.novelty import DISTANCES, NoveltySampler, novelty
 from diffnas.search.single_path import DartsCodec, NB201Codec
 from diffnas.spaces.darts_cnn import DartsSuperNet
@@ -216,29 +213,19 @@ TINY = [
 ]
 
 
-def _records(path: Path) -> list[dict]:
-    recs = [json.loads(x) for x in path.read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in ("time", "epoch_time_s")} for r in recs]
-
-
 def test_search_resume_equals_uninterrupted(tmp_path):
     """A novelty search stopped after an epoch (mid-search, the archive full and ES running)
     and resumed logs, samples and trains exactly as an uninterrupted one; epoch records carry
     the distinct-architecture counts and the mean novelty."""
-    cfg = load_config(None, [*TINY, f"run.out={tmp_path / 'a'}"])
-    g_ref = run_search(cfg, RunDir(tmp_path / "a").create(cfg), log=lambda s: None)
-    cfg = load_config(None, [*TINY, f"run.out={tmp_path / 'b'}"])
-    run_search(cfg, RunDir(tmp_path / "b").create(cfg), log=lambda s: None, stop_after=2)
-    run = RunDir.open_existing(tmp_path / "b")
-    g = run_search(run.read_config(), run, resume=True, log=lambda s: None)
-    assert str(g) == str(g_ref)
+    done, resumed = search_and_resumed_search(tmp_path, TINY, stop_after=2)
+    assert resumed == done
     for name in ("metrics.jsonl", "genotypes.jsonl"):
-        assert _records(tmp_path / "b" / name) == _records(tmp_path / "a" / name), name
+        assert log_records(tmp_path / "b" / name) == log_records(tmp_path / "a" / name), name
     a = RunDir(tmp_path / "a").load_checkpoint()["strategy"]
     b = RunDir(tmp_path / "b").load_checkpoint()["strategy"]
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert torch.equal(a["sampler"]["theta"]["cell"], b["sampler"]["theta"]["cell"])
-    epochs = [r for r in _records(tmp_path / "a" / "metrics.jsonl") if r["kind"] == "epoch"]
+    epochs = [r for r in log_records(tmp_path / "a" / "metrics.jsonl") if r["kind"] == "epoch"]
     assert [r["distinct_archs_epoch"] for r in epochs][0] >= 1
     assert all(0 <= r["mean_novelty"] <= 1 for r in epochs)
     assert epochs[-1]["distinct_archs"] >= max(r["distinct_archs_epoch"] for r in epochs)

@@ -3,11 +3,9 @@ drawn for every search step from seeded generators, deterministic weights elsewh
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
+from helpers import TINY_NB201_SEARCH, log_records, search_and_resumed_search
 
 from diffnas.arch import ArchParameters
 from diffnas.arch.params import dirichlet_mean, dirichlet_sample, gumbel_hard
@@ -66,37 +64,18 @@ def test_sampled_weights_keep_masked_ops_at_zero(activation):
     assert torch.allclose(arch.weights()["cell"][0].sum(), torch.tensor(1.0))  # deterministic
 
 
-TINY = [
-    "space.name=nb201",
-    "space.C=4",
-    "space.N=1",
-    "data.dataset=synthetic",
-    "data.limit=48",
-    "data.batch_size=8",
-    "search.epochs=3",
-    "run.threads=1",
-    "run.progress=false",
-    "run.tensorboard=false",
-]
-
-
-def _records(path: Path) -> list[dict]:
-    recs = [json.loads(x) for x in path.read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in ("time", "epoch_time_s")} for r in recs]
+TINY = TINY_NB201_SEARCH
 
 
 @pytest.mark.parametrize("activation", ["gumbel", "dirichlet"])
 def test_search_resumes_exactly(tmp_path, activation):
-    extra = [f"search.activation={activation}"]
-    cfg = load_config(None, [*TINY, *extra, f"run.out={tmp_path / 'a'}"])
-    g_ref = run_search(cfg, RunDir(tmp_path / "a").create(cfg), log=lambda s: None)
-    cfg = load_config(None, [*TINY, *extra, f"run.out={tmp_path / 'b'}"])
-    run_search(cfg, RunDir(tmp_path / "b").create(cfg), log=lambda s: None, stop_after=1)
-    run = RunDir.open_existing(tmp_path / "b")
-    assert str(run_search(run.read_config(), run, resume=True, log=lambda s: None)) == str(g_ref)
+    done, resumed = search_and_resumed_search(tmp_path, [*TINY, f"search.activation={activation}"])
+    assert resumed == done
     a, b = (RunDir(tmp_path / d).load_checkpoint()["strategy"] for d in "ab")
     assert torch.equal(a["arch"]["alphas_cell"], b["arch"]["alphas_cell"])
-    assert _records(tmp_path / "a" / "metrics.jsonl") == _records(tmp_path / "b" / "metrics.jsonl")
+    assert log_records(tmp_path / "a" / "metrics.jsonl") == log_records(
+        tmp_path / "b" / "metrics.jsonl"
+    )
 
 
 def test_sampling_activations_refuse_second_order(tmp_path):

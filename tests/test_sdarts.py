@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
+from helpers import TINY_NB201_SEARCH, log_records, search_and_resumed_search
 
 from diffnas.arch import ArchParameters
 from diffnas.cli import main
@@ -90,23 +88,7 @@ def test_beta_regulariser_is_the_mean_logsumexp_and_decays_alphas_by_softmax():
     assert reg.penalty(0.0) == 0.0
 
 
-TINY = [
-    "space.name=nb201",
-    "space.C=4",
-    "space.N=1",
-    "data.dataset=synthetic",
-    "data.limit=48",
-    "data.batch_size=8",
-    "search.epochs=3",
-    "run.threads=1",
-    "run.progress=false",
-    "run.tensorboard=false",
-]
-
-
-def _records(path: Path) -> list[dict]:
-    recs = [json.loads(x) for x in path.read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in ("time", "epoch_time_s")} for r in recs]
+TINY = TINY_NB201_SEARCH
 
 
 @pytest.mark.parametrize(
@@ -120,15 +102,13 @@ def _records(path: Path) -> list[dict]:
 )
 def test_search_resumes_exactly(tmp_path, extra):
     """Stopped after an epoch and resumed, the search draws the same noise and ends equal."""
-    cfg = load_config(None, [*TINY, *extra, f"run.out={tmp_path / 'a'}"])
-    g_ref = run_search(cfg, RunDir(tmp_path / "a").create(cfg), log=lambda s: None)
-    cfg = load_config(None, [*TINY, *extra, f"run.out={tmp_path / 'b'}"])
-    run_search(cfg, RunDir(tmp_path / "b").create(cfg), log=lambda s: None, stop_after=1)
-    run = RunDir.open_existing(tmp_path / "b")
-    assert str(run_search(run.read_config(), run, resume=True, log=lambda s: None)) == str(g_ref)
+    done, resumed = search_and_resumed_search(tmp_path, [*TINY, *extra])
+    assert resumed == done
     a, b = (RunDir(tmp_path / d).load_checkpoint()["strategy"] for d in "ab")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    assert _records(tmp_path / "a" / "metrics.jsonl") == _records(tmp_path / "b" / "metrics.jsonl")
+    assert log_records(tmp_path / "a" / "metrics.jsonl") == log_records(
+        tmp_path / "b" / "metrics.jsonl"
+    )
 
 
 def test_perturbation_changes_the_training_and_pt_selects_on_an_sdarts_supernet(tmp_path):
